@@ -1,0 +1,51 @@
+"""oodscope: post-hoc out-of-distribution detection for trained image classifiers.
+
+Scores read **higher = more OOD** for every detector. ``import oodscope`` imports neither torch nor
+tensorflow; framework code is loaded only when a model of that framework is used.
+"""
+
+from ._version import __version__
+from .detectors import (
+    GEN,
+    MLS,
+    MSP,
+    Detector,
+    Energy,
+    Entropy,
+    NotFittedError,
+    ScoreResult,
+    clone,
+    energy_score,
+    entropy_score,
+    gen_score,
+    mls_score,
+    msp_score,
+)
+from .features import Features
+from .metrics import aupr_in, aupr_out, auroc, bench_metrics, detect_acc, fpr_at_tpr, tnr_at_tpr
+
+__all__ = [
+    "__version__",
+    "Detector",
+    "Energy",
+    "Entropy",
+    "Features",
+    "GEN",
+    "MLS",
+    "MSP",
+    "NotFittedError",
+    "ScoreResult",
+    "aupr_in",
+    "aupr_out",
+    "auroc",
+    "bench_metrics",
+    "clone",
+    "detect_acc",
+    "energy_score",
+    "entropy_score",
+    "fpr_at_tpr",
+    "gen_score",
+    "mls_score",
+    "msp_score",
+    "tnr_at_tpr",
+]

@@ -1,0 +1,228 @@
+"""The detector contract shared by every OOD detector.
+
+A detector is a small estimator in the scikit-learn mould:
+
+- ``__init__`` stores explicit keyword hyperparameters and nothing else;
+- ``fit(features)`` validates the hyperparameters, learns state into attributes ending with ``_`` (a refit
+  replaces them all) and returns ``self``;
+- ``score(features)`` returns :class:`ScoreResult` ``(scores, info)``, where ``scores`` is a float64 array of
+  shape [N] and **higher means more OOD**;
+- ``get_params`` / ``set_params`` / :func:`clone` read the ``__init__`` signature.
+
+A method subclasses :class:`Detector`, declares what it needs in class attributes (``requires``,
+``needs_fit``, ``_parameter_constraints``) and implements ``_fit(features)`` (when it learns anything) and
+``_score(features) -> ndarray``. Everything else -- validation, requirement checks, the not-fitted error,
+state reset, the result type -- lives here, so each method file holds only what is specific to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from .._params import Constraint, validate_params
+from ..features import Features
+
+__all__ = ["Detector", "NotFittedError", "ScoreResult", "clone", "REQUIREMENTS"]
+
+#: What a detector may declare in ``requires``.
+REQUIREMENTS = {
+    "logits": "the classifier's logits",
+    "features": "the activations of at least one layer",
+    "labels": "class labels of the fit data",
+    "head": "the weights (W, b) of the classifier's final linear layer",
+    "input_gradients": "gradients of the loss with respect to the inputs (a model-level pass)",
+}
+
+
+class ScoreResult(NamedTuple):
+    """What :meth:`Detector.score` returns: ``scores, info = detector.score(...)``.
+
+    Attributes
+    ----------
+    scores : ndarray of shape [N], float64
+        OOD scores; higher means more likely out-of-distribution.
+    info : dict
+        What the same pass produced: ``"logits"`` and, when the data has them, ``"labels"``.
+    """
+
+    scores: np.ndarray
+    info: dict[str, Any]
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a detector that learns from ID data is used before ``fit``."""
+
+
+class Detector:
+    """Base class of all detectors; see the module docstring for the contract.
+
+    Class attributes
+    ----------------
+    requires : frozenset of str
+        Inputs the detector reads from :class:`~oodscope.Features`; keys of :data:`REQUIREMENTS`.
+        ``"labels"`` is needed at fit time only.
+    needs_fit : bool
+        False for stateless detectors, which score without being fitted.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({"logits"})
+    needs_fit: ClassVar[bool] = True
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
+
+    # --- the public contract -------------------------------------------------------------------------------
+
+    def fit(self, features: Features) -> Detector:
+        """Fit the detector on in-distribution :class:`~oodscope.Features` and return ``self``.
+
+        Stateless detectors only validate their hyperparameters. A refit discards everything learned before.
+        """
+        self._validate_params()
+        features = self._check_features(features, stage="fit")
+        self._reset()
+        self._fit(features)
+        self.n_samples_fit_ = len(features)
+        return self
+
+    def score(self, features: Features) -> ScoreResult:
+        """Score :class:`~oodscope.Features`; higher means more OOD.
+
+        Returns
+        -------
+        ScoreResult
+            ``(scores, info)``: float64 scores of shape [N] and a dict with the logits (and labels, when
+            present) that the scores were computed from.
+        """
+        if self.needs_fit:
+            self._check_is_fitted()
+        self._validate_params()
+        features = self._check_features(features, stage="score")
+        scores = np.asarray(self._score(features), dtype=np.float64)
+        if scores.shape != (len(features),):
+            raise RuntimeError(
+                f"{type(self).__name__} produced scores of shape {scores.shape} for {len(features)} samples."
+            )
+        info: dict[str, Any] = {}
+        if features.logits is not None:
+            info["logits"] = features.logits
+        if features.labels is not None:
+            info["labels"] = features.labels
+        return ScoreResult(scores, info)
+
+    # --- what a method implements -------------------------------------------------------------------------
+
+    def _fit(self, features: Features) -> None:  # noqa: B027 - stateless detectors learn nothing
+        """Learn from ID features; store results in attributes ending with ``_``."""
+
+    def _score(self, features: Features) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- parameters (scikit-learn conventions) --------------------------------------------------------------
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        names = []
+        for name, parameter in signature.parameters.items():
+            if name == "self":
+                continue
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword hyperparameters only.")
+            names.append(name)
+        return names
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyperparameters, as passed to ``__init__``."""
+        params = {}
+        for name in self._param_names():
+            value = getattr(self, name)
+            params[name] = value
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                params.update({f"{name}__{key}": sub for key, sub in value.get_params().items()})
+        return params
+
+    def set_params(self, **params: Any) -> Detector:
+        """Set hyperparameters (``name=value`` or ``name__sub=value`` for nested objects); returns ``self``.
+
+        The new values are validated at the next ``fit``; learned state is left as it is until then.
+        """
+        valid = self._param_names()
+        for key, value in params.items():
+            name, _, sub = key.partition("__")
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for {type(self).__name__}. Valid parameters are: {valid}."
+                )
+            if sub:
+                getattr(self, name).set_params(**{sub: value})
+            else:
+                setattr(self, name, value)
+        return self
+
+    def _validate_params(self) -> None:
+        validate_params(type(self).__name__, self.get_params(deep=False), self._parameter_constraints)
+
+    # --- state ----------------------------------------------------------------------------------------------
+
+    def _learned_attributes(self) -> list[str]:
+        return [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]
+
+    def _reset(self) -> None:
+        for key in self._learned_attributes():
+            delattr(self, key)
+
+    def _check_is_fitted(self) -> None:
+        if not self._learned_attributes():
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet. Call fit() with in-distribution data first."
+            )
+
+    def _check_features(self, features: Any, stage: str) -> Features:
+        name = type(self).__name__
+        if not isinstance(features, Features):
+            raise TypeError(
+                f"{name}.{stage}() expects an oodscope.Features object; got {type(features).__name__}. "
+                "Wrap arrays with Features(logits=..., layers={...}, labels=...)."
+            )
+        missing = []
+        if "logits" in self.requires and features.logits is None:
+            missing.append("logits")
+        if "features" in self.requires and not features.layers:
+            missing.append("features")
+        if "head" in self.requires and features.head_weight is None:
+            missing.append("head")
+        if stage == "fit" and "labels" in self.requires and features.labels is None:
+            missing.append("labels")
+        if missing:
+            needs = "; ".join(REQUIREMENTS[key] for key in missing)
+            raise ValueError(f"{name} needs {needs}, but the Features given to {stage}() have none.")
+        return features
+
+    def __repr__(self) -> str:
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(type(self).__init__).parameters.items()
+            if name != "self"
+        }
+        shown = [
+            f"{name}={value!r}"
+            for name, value in self.get_params(deep=False).items()
+            if not _same(value, defaults.get(name, inspect.Parameter.empty))
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a is b or a == b)
+    except Exception:  # arrays or objects without a scalar == compare as different
+        return False
+
+
+def clone(detector: Detector) -> Detector:
+    """A new, unfitted detector with the same hyperparameters (deep-copied)."""
+    params = detector.get_params(deep=False)
+    return type(detector)(**{name: copy.deepcopy(value) for name, value in params.items()})

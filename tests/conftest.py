@@ -1,0 +1,71 @@
+"""Shared fixtures: a toy ID/OOD problem that every detector should separate."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import numpy as np
+import pytest
+
+import oodscope.detectors
+from oodscope import Features
+from oodscope.detectors import Detector
+
+
+def all_detector_classes() -> list[type[Detector]]:
+    """Every public Detector subclass defined in the oodscope.detectors package, found by walking it."""
+    found = {}
+    package = oodscope.detectors
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, Detector)
+                and obj is not Detector
+                and obj.__module__ == module.__name__
+                and not name.startswith("_")
+                and not inspect.isabstract(obj)
+            ):
+                found[obj.__qualname__] = obj
+    return [found[name] for name in sorted(found)]
+
+
+def make_toy(n_per_class: int = 40, n_classes: int = 5, dim: int = 16, seed: int = 0) -> dict[str, Features]:
+    """Linearly separable ID classes around class means; OOD points around the origin.
+
+    The head W has the class means as rows, so ID logits are peaked and OOD logits are flat: every
+    detector, logit- or feature-based, should give OOD the higher scores.
+    """
+    rng = np.random.default_rng(seed)
+    means = np.zeros((n_classes, dim))
+    means[np.arange(n_classes), np.arange(n_classes)] = 6.0
+    weight = means / 2.0
+    bias = rng.normal(0, 0.1, n_classes)
+
+    def sample_id(n_each: int) -> Features:
+        labels = np.repeat(np.arange(n_classes), n_each)
+        feats = means[labels] + rng.normal(0, 0.7, (labels.size, dim))
+        return Features(
+            logits=feats @ weight.T + bias,
+            layers={"penultimate": feats},
+            labels=labels,
+            head_weight=weight,
+            head_bias=bias,
+        )
+
+    ood_feats = rng.normal(0, 1.0, (n_per_class * 2, dim))
+    ood = Features(
+        logits=ood_feats @ weight.T + bias,
+        layers={"penultimate": ood_feats},
+        head_weight=weight,
+        head_bias=bias,
+    )
+    return {"fit": sample_id(n_per_class), "id": sample_id(n_per_class // 2), "ood": ood}
+
+
+@pytest.fixture(scope="session")
+def toy() -> dict[str, Features]:
+    return make_toy()
