@@ -9,16 +9,17 @@ import pkgutil
 import numpy as np
 import pytest
 
-import oodscope.detectors
+import oodscope
 from oodscope import Features
 from oodscope.detectors import Detector
 
 
 def all_detector_classes() -> list[type[Detector]]:
-    """Every public Detector subclass defined in the oodscope.detectors package, found by walking it."""
+    """Every public Detector subclass defined in oodscope, found by walking the package (not listed)."""
     found = {}
-    package = oodscope.detectors
-    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    for info in pkgutil.walk_packages(oodscope.__path__, "oodscope."):
+        if info.name.startswith("oodscope.backends"):
+            continue  # framework code; it defines no detector
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if (
@@ -33,7 +34,7 @@ def all_detector_classes() -> list[type[Detector]]:
     return [found[name] for name in sorted(found)]
 
 
-def make_toy(n_per_class: int = 40, n_classes: int = 5, dim: int = 16, seed: int = 0) -> dict[str, Features]:
+def make_toy(n_per_class: int = 40, n_classes: int = 5, dim: int = 24, seed: int = 0) -> dict[str, Features]:
     """Linearly separable ID classes around class means; OOD points around the origin.
 
     The head W has the class means as rows, so ID logits are peaked and OOD logits are flat: every
@@ -41,13 +42,14 @@ def make_toy(n_per_class: int = 40, n_classes: int = 5, dim: int = 16, seed: int
     """
     rng = np.random.default_rng(seed)
     means = np.zeros((n_classes, dim))
-    means[np.arange(n_classes), np.arange(n_classes)] = 6.0
+    for c in range(n_classes):  # each class lights up its own 4 units, like post-ReLU penultimate features
+        means[c, 4 * c : 4 * c + 4] = 3.0
     weight = means / 2.0
     bias = rng.normal(0, 0.1, n_classes)
 
     def sample_id(n_each: int) -> Features:
         labels = np.repeat(np.arange(n_classes), n_each)
-        feats = means[labels] + rng.normal(0, 0.7, (labels.size, dim))
+        feats = np.maximum(means[labels] + rng.normal(0, 0.7, (labels.size, dim)), 0.0)  # post-ReLU
         return Features(
             logits=feats @ weight.T + bias,
             layers={"penultimate": feats},
@@ -56,7 +58,7 @@ def make_toy(n_per_class: int = 40, n_classes: int = 5, dim: int = 16, seed: int
             head_bias=bias,
         )
 
-    ood_feats = rng.normal(0, 1.0, (n_per_class * 2, dim))
+    ood_feats = np.maximum(rng.normal(0, 1.0, (n_per_class * 2, dim)), 0.0)
     ood = Features(
         logits=ood_feats @ weight.T + bias,
         layers={"penultimate": ood_feats},

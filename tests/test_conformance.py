@@ -10,19 +10,41 @@ import pytest
 from conftest import all_detector_classes, make_toy
 
 from oodscope import Features, NotFittedError, ScoreResult, auroc, clone
-from oodscope.detectors import REQUIREMENTS
+from oodscope.detectors import REQUIREMENTS, Detector
 
 DETECTORS = all_detector_classes()
 
 
 def test_discovery_finds_the_logit_detectors():
     names = {cls.__name__ for cls in DETECTORS}
-    assert {"MSP", "MLS", "Energy", "Entropy", "GEN"} <= names
+    assert {"MSP", "MLS", "Energy", "Entropy", "GEN", "ODIN", "ReAct", "ASH", "SCALE"} <= names
 
 
 @pytest.fixture(params=DETECTORS, ids=lambda cls: cls.__name__)
 def cls(request):
-    return request.param
+    """The detector class, with defaults replaced by its Features-level settings (ODIN: eps=0)."""
+    klass = request.param
+    if not klass._features_only_params:
+        return klass
+    return type(klass.__name__, (klass,), {"__init__": _init_with(klass), "__module__": klass.__module__})
+
+
+def _init_with(klass):
+    import functools
+
+    signature = inspect.signature(klass.__init__)
+    defaults = {name: p.default for name, p in signature.parameters.items() if name != "self"}
+    defaults.update(klass._features_only_params)
+    parameters = [signature.parameters["self"]] + [
+        p.replace(default=defaults[name]) for name, p in signature.parameters.items() if name != "self"
+    ]
+
+    @functools.wraps(klass.__init__)
+    def __init__(self, **kwargs):
+        klass.__init__(self, **{**defaults, **kwargs})
+
+    __init__.__signature__ = signature.replace(parameters=parameters)
+    return __init__
 
 
 def learned_state(det) -> dict:
@@ -32,7 +54,11 @@ def learned_state(det) -> dict:
 def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+        if isinstance(a[key], Detector):  # a fitted sub-detector: same type, params and state
+            assert type(a[key]) is type(b[key]) and a[key].get_params() == b[key].get_params()
+            assert_same_state(learned_state(a[key]), learned_state(b[key]))
+        else:
+            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
 
 
 def test_init_takes_explicit_keywords_and_stores_them(cls):
@@ -175,5 +201,7 @@ def test_missing_inputs_give_a_clear_error(cls, toy):
     if "labels" in cls.requires:
         with pytest.raises(ValueError, match="class labels"):
             cls().fit(Features(logits=full.logits, layers=full.layers))
-    with pytest.raises(TypeError, match="expects an oodscope.Features object"):
+    with pytest.raises(TypeError, match="expected a torch.nn.Module or a keras.Model"):
         cls().fit(full.logits)
+    with pytest.raises(TypeError, match="no model is known"):
+        cls().fit(full).score(full.logits)

@@ -9,6 +9,7 @@ from .detectors import (
     GEN,
     MLS,
     MSP,
+    ODIN,
     Detector,
     Energy,
     Entropy,
@@ -20,12 +21,21 @@ from .detectors import (
     gen_score,
     mls_score,
     msp_score,
+    odin_score,
 )
+from .extract import extract
 from .features import Features
 from .metrics import aupr_in, aupr_out, auroc, bench_metrics, detect_acc, fpr_at_tpr, tnr_at_tpr
+from .shaping import ASH, SCALE, ReAct
 
 __all__ = [
     "__version__",
+    "ASH",
+    "ODIN",
+    "ReAct",
+    "SCALE",
+    "extract",
+    "odin_score",
     "Detector",
     "Energy",
     "Entropy",

@@ -131,6 +131,18 @@ class Features:
         object.__setattr__(self, "head_weight", weight)
         object.__setattr__(self, "head_bias", bias)
 
+    @classmethod
+    def _unchecked(cls, **fields: Any) -> Features:
+        """Build without validation, for arrays the library derived from already validated ones.
+
+        Only for internal use where the arrays are known to be consistent and finite (shaped features).
+        """
+        instance = object.__new__(cls)
+        for field in dataclasses.fields(cls):
+            default = {} if field.name == "layers" else None
+            object.__setattr__(instance, field.name, fields.get(field.name, default))
+        return instance
+
     def __len__(self) -> int:
         if self.logits is not None:
             return self.logits.shape[0]

@@ -6,6 +6,7 @@ from .entropy import Entropy, entropy_score
 from .gen import GEN, gen_score
 from .mls import MLS, mls_score
 from .msp import MSP, msp_score
+from .odin import ODIN, odin_score
 
 __all__ = [
     "REQUIREMENTS",
@@ -23,4 +24,6 @@ __all__ = [
     "mls_score",
     "MSP",
     "msp_score",
+    "ODIN",
+    "odin_score",
 ]

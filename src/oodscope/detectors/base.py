@@ -67,28 +67,86 @@ class Detector:
         ``"labels"`` is needed at fit time only.
     needs_fit : bool
         False for stateless detectors, which score without being fitted.
+    default_layers : tuple
+        Layer ids a model-level ``fit`` extracts when not told otherwise, e.g. ``("penultimate",)``.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     needs_fit: ClassVar[bool] = True
+    #: layers extracted when fitted on a model without ``feature_layers_id``
+    default_layers: ClassVar[tuple[Any, ...]] = ()
+    #: hyperparameters under which the detector scores Features without a model (for the test suite)
+    _features_only_params: ClassVar[dict[str, Any]] = {}
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
 
     # --- the public contract -------------------------------------------------------------------------------
 
-    def fit(self, features: Features) -> Detector:
-        """Fit the detector on in-distribution :class:`~oodscope.Features` and return ``self``.
+    def fit(
+        self,
+        model_or_features: Any,
+        fit_data: Any = None,
+        *,
+        feature_layers_id: Any = None,
+        head_layer_id: Any = -1,
+        postproc_fns: Any = None,
+        batch_size: int = 128,
+        input_key: str | None = None,
+        label_key: str | None = None,
+        progress: bool | None = None,
+    ) -> Detector:
+        """Fit on in-distribution data and return ``self``; a refit discards everything learned before.
 
-        Stateless detectors only validate their hyperparameters. A refit discards everything learned before.
+        Two forms:
+
+        - ``fit(features)``: fit on precomputed :class:`~oodscope.Features` (array level);
+        - ``fit(model, fit_data=None, feature_layers_id=..., head_layer_id=-1, ...)``: remember the model
+          (by reference; it is never modified) and, when the detector learns from data, run it once over
+          ``fit_data`` with :func:`~oodscope.extract` (the keyword arguments are passed on to it). Later
+          ``score(data)`` calls run the same model with the same options. Stateless detectors accept
+          ``fit(model)`` alone and ignore ``fit_data``. ``feature_layers_id`` defaults to the detector's
+          ``default_layers``.
         """
-        self._validate_params()
-        features = self._check_features(features, stage="fit")
-        self._reset()
-        self._fit(features)
-        self.n_samples_fit_ = len(features)
+        if isinstance(model_or_features, Features):
+            if fit_data is not None:
+                raise TypeError("fit(features) takes no fit_data: the Features are the fit data.")
+            self._model, self._pass_options = None, None
+            return self._fit_features(model_or_features)
+        from ..backends import get_backend
+
+        get_backend(model_or_features)  # a clear error for anything that is neither a model nor Features
+        options = {
+            "feature_layers_id": list(self.default_layers)
+            if feature_layers_id is None
+            else feature_layers_id,
+            "head_layer_id": head_layer_id,
+            "postproc_fns": postproc_fns,
+            "batch_size": batch_size,
+            "input_key": input_key,
+            "label_key": label_key,
+            "with_head": True if "head" in self.requires else None,
+            "progress": progress,
+        }
+        if not self._needs_fit():
+            self._validate_params()
+            self._reset()
+            self.n_samples_fit_ = 0
+        elif fit_data is None:
+            raise ValueError(
+                f"{type(self).__name__} learns from in-distribution data: call fit(model, fit_data) with the "
+                "data the model was trained on (or held-out ID data)."
+            )
+        else:
+            from ..extract import extract
+
+            self._validate_params()  # before the pass, so a bad value fails fast
+            self._fit_features(extract(model_or_features, fit_data, **options))
+        self._model, self._pass_options = model_or_features, options
         return self
 
-    def score(self, features: Features) -> ScoreResult:
-        """Score :class:`~oodscope.Features`; higher means more OOD.
+    def score(self, data: Any, *, batch_size: int | None = None) -> ScoreResult:
+        """Score :class:`~oodscope.Features`, or data run through the model given to ``fit``.
+
+        Higher means more OOD. ``batch_size`` overrides the one given to ``fit`` (model level only).
 
         Returns
         -------
@@ -96,9 +154,31 @@ class Detector:
             ``(scores, info)``: float64 scores of shape [N] and a dict with the logits (and labels, when
             present) that the scores were computed from.
         """
-        if self.needs_fit:
+        if self._needs_fit():
             self._check_is_fitted()
         self._validate_params()
+        if isinstance(data, Features):
+            return self._score_features(data)
+        if getattr(self, "_model", None) is None:
+            raise TypeError(
+                f"{type(self).__name__}.score() got {type(data).__name__}, not Features, and no model is "
+                "known: "
+                "call fit(model, ...) first to score data through the model, or pass oodscope.Features."
+            )
+        options = dict(self._pass_options)
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        return self._score_data(data, options)
+
+    def _fit_features(self, features: Features) -> Detector:
+        self._validate_params()
+        features = self._check_features(features, stage="fit")
+        self._reset()
+        self._fit(features)
+        self.n_samples_fit_ = len(features)
+        return self
+
+    def _score_features(self, features: Features) -> ScoreResult:
         features = self._check_features(features, stage="score")
         scores = np.asarray(self._score(features), dtype=np.float64)
         if scores.shape != (len(features),):
@@ -111,6 +191,19 @@ class Detector:
         if features.labels is not None:
             info["labels"] = features.labels
         return ScoreResult(scores, info)
+
+    def _score_data(self, data: Any, options: dict[str, Any]) -> ScoreResult:
+        """Model-level scoring: one pass with :func:`~oodscope.extract`, then the array-level code.
+
+        Detectors that need more than one plain pass (input gradients) override this.
+        """
+        from ..extract import extract
+
+        return self._score_features(extract(self._model, data, **options))
+
+    def _needs_fit(self) -> bool:
+        """Whether this instance must be fitted before scoring (composite detectors ask their parts)."""
+        return self.needs_fit
 
     # --- what a method implements -------------------------------------------------------------------------
 
@@ -166,6 +259,9 @@ class Detector:
         validate_params(type(self).__name__, self.get_params(deep=False), self._parameter_constraints)
 
     # --- state ----------------------------------------------------------------------------------------------
+
+    _model: Any = None
+    _pass_options: dict[str, Any] | None = None
 
     def _learned_attributes(self) -> list[str]:
         return [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]

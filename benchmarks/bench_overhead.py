@@ -1,0 +1,130 @@
+"""Overhead of oodscope's model passes over a bare forward loop, for a torch and a Keras toy convnet.
+
+Prints, per framework, on 10,000 random 28x28 inputs in batches of 128 (best of several interleaved runs):
+
+(a) ``GEN().fit(model).score(x)`` time / a bare loop of ``model(x)`` over the same batches (target <= 1.05);
+(b) one ``extract`` (logits + penultimate + head) followed by fit+score of the five logit detectors and the
+    three shaping variants on the cached Features, / one bare pass (target <= 1.3).
+
+Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 5] [--frameworks torch keras]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
+
+BATCH = 128
+
+
+def torch_setup(n: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(64 * 5 * 5, 10),
+    ).eval()
+    x = np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
+
+    def bare() -> None:
+        with torch.no_grad():
+            for start in range(0, n, BATCH):
+                model(torch.as_tensor(x[start : start + BATCH]))
+
+    return model, x, bare
+
+
+def keras_setup(n: int):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    x = np.random.default_rng(0).random((n, 28, 28, 1), dtype=np.float32)
+
+    def bare() -> None:
+        for start in range(0, n, BATCH):
+            model(x[start : start + BATCH], training=False)
+
+    return model, x, bare
+
+
+def many_detectors(model, x) -> None:
+    feats = extract(
+        model, x, feature_layers_id=["penultimate"], batch_size=BATCH, with_head=True, progress=False
+    )
+    for detector in (GEN(), MSP(), MLS(), Energy(), Entropy(), ReAct(), ASH(), SCALE()):
+        detector.fit(feats).score(feats)
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--frameworks", nargs="+", default=["torch", "keras"])
+    args = parser.parse_args()
+    print(f"{args.n} inputs of 28x28, batch {BATCH}, best of {args.repeats} interleaved runs")
+    columns = ("bare pass", "GEN.score", "ratio (a)", "extract+8", "ratio (b)")
+    print(f"{'framework':<10} " + " ".join(f"{column:>10}" for column in columns))
+    for framework in args.frameworks:
+        model, x, bare = (torch_setup if framework == "torch" else keras_setup)(args.n)
+        gen = GEN().fit(model, batch_size=BATCH, progress=False)
+
+        def gen_score() -> None:
+            gen.score(x)  # noqa: B023 - called within this iteration
+
+        def eight() -> None:
+            many_detectors(model, x)  # noqa: B023
+
+        bare(), gen_score(), eight()  # warm-up (graph tracing, allocator)
+        t_bare, t_gen, t_many = [], [], []
+        for _ in range(args.repeats):  # interleaved, so that machine noise hits all three alike
+            t_bare.append(best(bare, 1))
+            t_gen.append(best(gen_score, 1))
+            t_many.append(best(eight, 1))
+        bare_s, gen_s, many_s = min(t_bare), min(t_gen), min(t_many)
+        print(
+            f"{framework:<10} {bare_s:>9.3f}s {gen_s:>9.3f}s {gen_s / bare_s:>10.3f} {many_s:>9.3f}s "
+            f"{many_s / bare_s:>10.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

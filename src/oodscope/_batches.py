@@ -1,0 +1,172 @@
+"""Turn whatever data the user has into a stream of ``(inputs, labels or None)`` batches.
+
+Accepted data (labels are optional everywhere):
+
+- an array or tensor of inputs (numpy, torch, TensorFlow): sliced into batches of ``batch_size``;
+- a tuple ``(inputs, labels)`` of two arrays with the same length;
+- a dict of arrays: the inputs under ``input_key`` (default: the first of "image", "images", "input",
+  "inputs", "x" present), the labels under ``label_key`` (default: "label", "labels" or "y" if present);
+- a ``tf.data.Dataset`` that yields batches (iterated as numpy);
+- a torch map-style ``Dataset`` (wrapped in a ``DataLoader`` of ``batch_size``);
+- any other iterable of batches, e.g. a torch ``DataLoader`` or a list: a batch is an array/tensor (inputs
+  only), a tuple or list ``(inputs, labels, ...)`` (further elements are ignored), or a dict as above.
+
+Inputs are handed to the backend as they come (no copy); labels become 1-D numpy arrays (one-hot labels are
+turned into class indices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+INPUT_KEYS = ("image", "images", "input", "inputs", "x")
+LABEL_KEYS = ("label", "labels", "y")
+
+
+def is_array_like(obj: Any) -> bool:
+    """True for numpy arrays and framework tensors (anything with a shape, a dtype and indexing)."""
+    return (
+        hasattr(obj, "shape")
+        and hasattr(obj, "dtype")
+        and hasattr(obj, "__getitem__")
+        and not isinstance(obj, type)
+    )
+
+
+def to_numpy(values: Any) -> np.ndarray:
+    """A numpy view or copy of a numpy array, torch tensor or TensorFlow tensor."""
+    if isinstance(values, np.ndarray):
+        return values
+    if hasattr(values, "detach"):  # torch
+        return values.detach().cpu().numpy()
+    if hasattr(values, "numpy"):  # TensorFlow eager tensor
+        return values.numpy()
+    return np.asarray(values)
+
+
+def as_labels(values: Any) -> np.ndarray:
+    """1-D integer-like labels; one-hot rows [B, C] become class indices."""
+    labels = to_numpy(values)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return labels.argmax(axis=1)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        return labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"Labels must be 1-D (or one-hot 2-D); got a batch of shape {labels.shape}.")
+    return labels
+
+
+def _split_dict(batch: Mapping[str, Any], input_key: str | None, label_key: str | None) -> tuple[Any, Any]:
+    keys = list(batch)
+    if input_key is None:
+        input_key = next((key for key in INPUT_KEYS if key in batch), None)
+        if input_key is None:
+            raise ValueError(
+                f"Cannot tell which entry of the batch is the input among {keys}; pass input_key=..."
+            )
+    elif input_key not in batch:
+        raise KeyError(f"input_key={input_key!r} is not in the batch; its keys are {keys}.")
+    if label_key is None:
+        label_key = next((key for key in LABEL_KEYS if key in batch), None)
+    elif label_key not in batch:
+        raise KeyError(f"label_key={label_key!r} is not in the batch; its keys are {keys}.")
+    return batch[input_key], None if label_key is None else batch[label_key]
+
+
+def split_batch(batch: Any, input_key: str | None = None, label_key: str | None = None) -> tuple[Any, Any]:
+    """``(inputs, labels or None)`` of one batch."""
+    if isinstance(batch, Mapping):
+        return _split_dict(batch, input_key, label_key)
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("Got an empty batch.")
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    if is_array_like(batch):
+        return batch, None
+    raise TypeError(
+        f"Cannot read a batch of type {type(batch).__name__}: expected an array/tensor, a tuple "
+        "(inputs, labels) or a dict with an input key."
+    )
+
+
+def _is_tf_dataset(data: Any) -> bool:
+    return type(data).__module__.startswith("tensorflow") and hasattr(data, "as_numpy_iterator")
+
+
+def _is_torch_map_dataset(data: Any) -> bool:
+    mro = type(data).__mro__
+    return (
+        any((klass.__module__ or "").startswith("torch.utils.data.dataset") for klass in mro)
+        and not any(klass.__name__ == "IterableDataset" for klass in mro)
+        and hasattr(data, "__len__")
+    )
+
+
+def _slices(inputs: Any, labels: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    n = len(inputs)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield inputs[start:stop], (None if labels is None else labels[start:stop])
+
+
+def count_batches(data: Any, batch_size: int) -> int | None:
+    """Number of batches ``iter_batches`` will yield, when it is known without iterating."""
+    check_batch_size(batch_size)
+    if is_array_like(data):
+        return -(-len(data) // batch_size)
+    if isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data):
+        return -(-len(data[0]) // batch_size)
+    if isinstance(data, Mapping):
+        first = next(iter(data.values()), None)
+        return None if first is None else -(-len(first) // batch_size)
+    if _is_torch_map_dataset(data):
+        return -(-len(data) // batch_size)
+    try:
+        n = len(data)
+    except TypeError:
+        return None
+    return n if n >= 0 else None
+
+
+def iter_batches(
+    data: Any, batch_size: int = 128, input_key: str | None = None, label_key: str | None = None
+) -> Iterator[tuple[Any, np.ndarray | None]]:
+    """``(inputs, labels)`` batches from any accepted data (see the module docstring).
+
+    The data's type and ``batch_size`` are checked at once; batches are produced lazily.
+    """
+    check_batch_size(batch_size)
+    if is_array_like(data):
+        stream: Any = _slices(data, None, batch_size)
+    elif isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data):
+        inputs, labels = data
+        if len(inputs) != len(labels):
+            raise ValueError(f"(inputs, labels) have different lengths: {len(inputs)} and {len(labels)}.")
+        stream = _slices(inputs, labels, batch_size)
+    elif isinstance(data, Mapping):
+        inputs, labels = _split_dict(data, input_key, label_key)
+        stream = _slices(inputs, labels, batch_size)
+    elif _is_tf_dataset(data):
+        stream = (split_batch(batch, input_key, label_key) for batch in data.as_numpy_iterator())
+    elif _is_torch_map_dataset(data):
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+        stream = (split_batch(batch, input_key, label_key) for batch in loader)
+    elif isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(
+            f"Cannot iterate data of type {type(data).__name__}. Pass an array or tensor of inputs, a tuple "
+            "(inputs, labels), a dict of arrays, a tf.data.Dataset, a torch Dataset or DataLoader, or any "
+            "iterable of batches."
+        )
+    else:
+        stream = (split_batch(batch, input_key, label_key) for batch in data)
+    return ((inputs, None if labels is None else as_labels(labels)) for inputs, labels in stream)
+
+
+def check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")

@@ -1,0 +1,228 @@
+"""One forward pass of a model over data, gathered into :class:`~oodscope.Features`.
+
+``extract`` is the single place where a model is run for scoring. Fit and score any number of detectors,
+with any hyperparameters, on the ``Features`` it returns; none of them runs the model again::
+
+    feats_fit = extract(model, train_data, feature_layers_id=["penultimate"])
+    feats_in = extract(model, id_data, feature_layers_id=["penultimate"])
+    for detector in (GEN(), MSP(), Energy(), ReAct(Energy())):
+        detector.fit(feats_fit)
+        scores, _ = detector.score(feats_in)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._batches import count_batches, iter_batches
+from .backends import Backend, HeadNotLinearError, get_backend
+from .features import Features
+
+__all__ = ["extract", "global_average_pool"]
+
+log = logging.getLogger(__name__)
+
+PostprocFn = Callable[[np.ndarray], np.ndarray]
+
+
+def global_average_pool(values: np.ndarray, channels_last: bool = False) -> np.ndarray:
+    """Average feature maps over their spatial axes to [B, C]; 2-D arrays pass through, 1-D become [B, 1].
+
+    ``channels_last`` says whether maps are [B, ..., C] (Keras) or [B, C, ...] (torch).
+    """
+    if values.ndim <= 1:
+        return values.reshape(-1, 1)
+    if values.ndim == 2:
+        return values
+    axes = tuple(range(1, values.ndim - 1)) if channels_last else tuple(range(2, values.ndim))
+    return values.mean(axis=axes)
+
+
+def _layer_list(feature_layers_id: Any) -> list[Hashable]:
+    if feature_layers_id is None:
+        return []
+    if isinstance(feature_layers_id, (str, int)):
+        return [feature_layers_id]
+    return list(feature_layers_id)
+
+
+def _postproc_map(postproc_fns: Any, layer_ids: Sequence[Hashable]) -> dict[Hashable, PostprocFn | None]:
+    if postproc_fns is None:
+        return {}
+    if isinstance(postproc_fns, Mapping):
+        unknown = [key for key in postproc_fns if key not in layer_ids]
+        if unknown:
+            raise ValueError(f"postproc_fns has entries for {unknown}, which are not in feature_layers_id.")
+        return dict(postproc_fns)
+    fns = list(postproc_fns)
+    if len(fns) != len(layer_ids):
+        raise ValueError(
+            f"postproc_fns has {len(fns)} functions for {len(layer_ids)} layers; give one per layer (None "
+            "keeps the default pooling) or a dict {layer_id: fn}."
+        )
+    return dict(zip(layer_ids, fns, strict=True))
+
+
+@contextlib.contextmanager
+def model_pass(
+    model: Any,
+    data: Any,
+    layer_ids: Sequence[Hashable] = (),
+    head_layer_id: Hashable = -1,
+    *,
+    batch_size: int = 128,
+    input_key: str | None = None,
+    label_key: str | None = None,
+    progress: bool | None = None,
+    description: str = "oodscope",
+) -> Iterator[tuple[Backend, Iterator[tuple[Any, np.ndarray | None]]]]:
+    """Open one pass of ``model`` over ``data``: yields the backend and the batch iterator.
+
+    The backend's set-up (hooks, eval mode) is undone when the block exits, also on an exception.
+    """
+    from tqdm.auto import tqdm
+
+    runner = get_backend(model)(model, list(layer_ids), head_layer_id)
+    batches = iter_batches(data, batch_size, input_key, label_key)
+    bar = tqdm(
+        batches,
+        total=count_batches(data, batch_size),
+        desc=description,
+        unit="batch",
+        disable=progress is False,
+        delay=0 if progress else 2.0,  # by default, a bar only for passes that take a while
+        leave=False,
+    )
+    with runner:
+        try:
+            yield runner, iter(bar)
+        finally:
+            bar.close()
+
+
+class _Columns:
+    """Per-batch arrays of one output, concatenated once at the end (no quadratic copying)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
+        self.parts.append(values)
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.parts, axis=0)
+
+
+def extract(
+    model: Any,
+    data: Any,
+    feature_layers_id: Hashable | Sequence[Hashable] | None = None,
+    head_layer_id: Hashable = -1,
+    postproc_fns: Mapping[Hashable, PostprocFn | None] | Sequence[PostprocFn | None] | None = None,
+    *,
+    batch_size: int = 128,
+    input_key: str | None = None,
+    label_key: str | None = None,
+    with_head: bool | None = None,
+    progress: bool | None = None,
+) -> Features:
+    """Run ``model`` over ``data`` once and return its :class:`~oodscope.Features`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or keras.Model
+        The trained classifier; it is not modified (see the backends for what that guarantees).
+    data
+        Inputs, optionally with labels: an array or tensor, a tuple ``(inputs, labels)``, a dict of arrays, a
+        ``tf.data.Dataset`` of batches, a torch ``Dataset`` or ``DataLoader``, or any iterable of batches
+        (tuples ``(inputs, labels, ...)``, dicts, or bare inputs). Arrays are cut into ``batch_size`` batches;
+        iterables keep their own batching.
+    feature_layers_id : layer id or list of layer ids, optional
+        Layers whose activations to keep: names, integer indices (see the backend's documentation for what
+        they count) or ``"penultimate"`` (the input of the head layer).
+    head_layer_id : layer id, default -1
+        The classifier's final layer; its pre-softmax output is taken as the logits.
+    postproc_fns : dict or list, optional
+        Per layer, a function from the raw activation batch (numpy, in the framework's layout) to a 2-D
+        [B, D] array. The default is global average pooling of 3-D and higher maps
+        (:func:`global_average_pool`).
+    batch_size : int, default=128
+        Batch size used when ``data`` is an array or a map-style dataset.
+    input_key, label_key : str, optional
+        Keys of the input and the label in dict batches (see :mod:`oodscope._batches` for the defaults).
+    with_head : bool, optional
+        Include the head's (W, b). ``None`` (default): include them when the head is a linear layer.
+        ``True``: require them (raises :class:`~oodscope.backends.HeadNotLinearError` otherwise).
+    progress : bool, optional
+        ``True`` always shows a progress bar, ``False`` never; by default a bar appears after 2 seconds.
+
+    Returns
+    -------
+    Features
+        Logits [N, C], the requested layers {id: [N, D]}, labels [N] when every batch had them, and the head
+        weights when available.
+    """
+    layer_ids = _layer_list(feature_layers_id)
+    postproc = _postproc_map(postproc_fns, layer_ids)
+    logits, labels = _Columns(), _Columns()
+    layers = {layer_id: _Columns() for layer_id in layer_ids}
+    batches_with_labels = batches = 0
+    with model_pass(
+        model,
+        data,
+        layer_ids,
+        head_layer_id,
+        batch_size=batch_size,
+        input_key=input_key,
+        label_key=label_key,
+        progress=progress,
+        description="extract",
+    ) as (runner, stream):
+        for inputs, batch_labels in stream:
+            batch_logits, activations = runner.run_batch(inputs)
+            logits.add(batch_logits)
+            for layer_id in layer_ids:
+                layers[layer_id].add(_reduce(layer_id, activations[layer_id], postproc.get(layer_id), runner))
+            if batch_labels is not None:
+                labels.add(batch_labels)
+                batches_with_labels += 1
+            batches += 1
+        head = _head(runner, with_head)
+    if batches == 0:
+        raise ValueError("The data yielded no batches; there is nothing to extract.")
+    if 0 < batches_with_labels < batches:
+        raise ValueError(f"Only {batches_with_labels} of {batches} batches carry labels; all or none must.")
+    return Features(
+        logits=logits.result(),
+        layers={layer_id: columns.result() for layer_id, columns in layers.items()},
+        labels=labels.result() if batches_with_labels else None,
+        head_weight=None if head is None else head[0],
+        head_bias=None if head is None else head[1],
+    )
+
+
+def _reduce(layer_id: Hashable, values: np.ndarray, fn: PostprocFn | None, runner: Backend) -> np.ndarray:
+    reduced = global_average_pool(values, runner.channels_last) if fn is None else np.asarray(fn(values))
+    if reduced.ndim != 2 or reduced.shape[0] != values.shape[0]:
+        raise ValueError(
+            f"The post-processing of layer {layer_id!r} must return a 2-D array [batch, features] with one "
+            f"row per input; it returned shape {reduced.shape} for a batch of {values.shape[0]}."
+        )
+    return reduced
+
+
+def _head(runner: Backend, with_head: bool | None) -> tuple[np.ndarray, np.ndarray] | None:
+    if with_head is False:
+        return None
+    try:
+        return runner.head_weights()
+    except HeadNotLinearError:
+        if with_head:
+            raise
+        log.debug("The head is not linear; Features will hold no head weights.")
+        return None

@@ -1,0 +1,388 @@
+"""Activation shaping: ReAct, ASH and SCALE, composable with any logit detector.
+
+Each shaping method transforms the penultimate activations h and recomputes the logits through the
+classifier's linear head, ``z' = shape(h) @ W.T + b``; the wrapped detector (Energy by default, as in the
+papers) then scores ``z'``. Everything comes from one forward pass: the penultimate layer and the head's
+weights are in :class:`~oodscope.Features`, so no extra pass is needed::
+
+    ReAct(GEN(), percentile=90).fit(model, train_data).score(test_data)
+
+The shaping is a wrapper, not a flag: any logit detector (and any feature detector, which then sees the
+shaped penultimate features) composes with any shaping method.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ._params import InstanceOf, Interval, Options
+from .detectors.base import Detector, clone
+from .detectors.energy import Energy
+from .features import Features
+
+__all__ = ["ASH", "SCALE", "ReAct", "ash", "react", "scale"]
+
+PENULTIMATE = "penultimate"
+
+
+def react(features: np.ndarray, threshold: float) -> np.ndarray:
+    """Clip activations from above: ``min(h, c)``, in the features' own precision."""
+    h = _as_float(features)
+    return np.minimum(h, h.dtype.type(threshold))
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) without copying or sorting all the values.
+
+    For large arrays, a random sample brackets the two order statistics the percentile interpolates; one
+    blocked pass counts the values below the bracket and keeps those inside it, and only those are
+    partially sorted. The order statistics are exact; when the bracket misses (it should not), it falls
+    back to ``np.percentile``.
+    """
+    flat = np.ravel(values)
+    n = flat.size
+    if n < 4_000_000:
+        return float(np.percentile(flat, q))
+    position = (q / 100.0) * (n - 1)  # the order of operations numpy uses, for identical rounding
+    low = int(np.floor(position))
+    high = min(low + 1, n - 1)
+    sample = np.sort(flat[np.random.default_rng(0).integers(0, n, 100_000)])
+    m = sample.size
+    rank, spread = low / (n - 1) * (m - 1), 8.0 * np.sqrt(m * 0.25) + 64
+    lower = sample[max(0, int(rank - spread))]
+    upper = sample[min(m - 1, int(np.ceil(rank + spread)))]
+    below, inside = 0, []
+    for start in range(0, n, 1 << 20):
+        block = flat[start : start + (1 << 20)]
+        below += int(np.count_nonzero(block < lower))
+        inside.append(block[(block >= lower) & (block <= upper)])
+    kept = np.concatenate(inside)
+    if not (below <= low and high < below + kept.size):
+        return float(np.percentile(flat, q))
+    kept.partition([low - below, high - below])
+    a, b = float(kept[low - below]), float(kept[high - below])
+    t = position - low
+    # numpy's interpolation formula, so that results agree to the last bit in float64
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def _as_float(features: np.ndarray) -> np.ndarray:
+    # Shaping keeps the features' precision (float32 stays float32: half the memory traffic); the
+    # per-sample sums and scale factors are computed in float64.
+    h = np.asarray(features)
+    return h if h.dtype.kind == "f" else h.astype(np.float64)
+
+
+def _kept_count(n_features: int, percentile: float) -> int:
+    # The papers keep the top k = n - round(n * p / 100) activations of each sample (at least one here).
+    return max(1, n_features - int(np.round(n_features * percentile / 100.0)))
+
+
+def _partition_top_k(h: np.ndarray, k: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Partially sort each row of ``h`` into ``out`` so that its last k entries are the k largest.
+
+    Returns each row's k-th largest value and the sum of its k largest (exact with ties), shapes [N, 1].
+    ``out`` is scratch space the caller then overwrites with its result, which saves an allocation.
+    """
+    n_features = h.shape[1]
+    out[...] = h
+    out.partition(n_features - k, axis=1)
+    kth = out[:, n_features - k, None].copy()
+    top_sum = out[:, n_features - k :].sum(axis=1, keepdims=True, dtype=np.float64)
+    return kth, top_sum
+
+
+def _check_non_negative(features: np.ndarray, method: str) -> None:
+    lowest = float(features.min()) if features.size else 0.0
+    if lowest < 0:
+        raise ValueError(
+            f"{method} assumes non-negative (post-ReLU) penultimate activations, but they go down to "
+            f"{lowest:.4g}. Use a layer that follows a ReLU, or ReAct, which has no such assumption."
+        )
+
+
+def ash(features: np.ndarray, percentile: float = 90.0, variant: str = "s", eps: float = 1e-12) -> np.ndarray:
+    """ASH: per sample, keep the activations at or above the k-th largest (k = n − round(n·p/100)), zero
+    the rest, then:
+
+    - ``"p"`` (prune): nothing more;
+    - ``"b"`` (binarize): set exactly k activations to s1 / k (ties at the k-th value broken by position);
+    - ``"s"`` (scale): multiply the kept activations by exp(s1 / s2);
+
+    with s1 the sample's activation sum before pruning and s2 after; ``eps`` keeps s1 / s2 finite for an
+    all-zero sample. Activations must be non-negative. Keeps the input's floating precision.
+    """
+    h = _as_float(features)
+    _check_non_negative(h, "ASH")
+    out = np.empty(h.shape, dtype=h.dtype)
+    _ash_rows(h, out, _kept_count(h.shape[1], percentile), variant, eps)
+    return out
+
+
+def _ash_rows(h: np.ndarray, out: np.ndarray, k: int, variant: str, eps: float) -> None:
+    s1 = h.sum(axis=1, keepdims=True, dtype=np.float64)
+    if variant == "b":
+        out[...] = 0
+        top = np.argpartition(-h, k - 1, axis=1)[:, :k]
+        np.put_along_axis(out, top, (s1 / k).astype(h.dtype), axis=1)
+        return
+    kth, top_sum = _partition_top_k(h, k, out)
+    kept = h >= kth
+    np.multiply(h, kept, out=out)
+    if variant == "s":
+        # s2 = sum of the kept activations: the k largest plus any others tied with the k-th
+        s2 = top_sum + kth * (kept.sum(axis=1, keepdims=True) - k)
+        out *= _scale_factor(s1, s2, eps, h.dtype, "ASH")
+
+
+def _scale_factor(s1: np.ndarray, s2: np.ndarray, eps: float, dtype: np.dtype, method: str) -> np.ndarray:
+    """exp(s1 / s2) per sample, with a clear error where it overflows the features' precision."""
+    with np.errstate(over="ignore"):
+        factor = np.exp(s1 / np.maximum(s2, eps)).astype(dtype)
+    if not np.isfinite(factor).all():
+        raise ValueError(
+            f"{method}'s scale factor exp(s1 / s2) overflows {np.dtype(dtype).name} for some samples (their "
+            "activations are spread over many units); lower the percentile."
+        )
+    return factor
+
+
+def scale(features: np.ndarray, percentile: float = 85.0, eps: float = 1e-12) -> np.ndarray:
+    """SCALE: ``h · exp(s1 / s2)`` with s1 the sum of all activations and s2 the sum of the k largest
+    (k = n − round(n·p/100)); nothing is pruned. Activations must be non-negative. Keeps the input's
+    floating precision."""
+    h = _as_float(features)
+    _check_non_negative(h, "SCALE")
+    out = np.empty(h.shape, dtype=h.dtype)
+    s1 = h.sum(axis=1, keepdims=True, dtype=np.float64)
+    _, s2 = _partition_top_k(h, _kept_count(h.shape[1], percentile), out)
+    return np.multiply(h, _scale_factor(s1, s2, eps, h.dtype, "SCALE"), out=out)
+
+
+def _over_row_blocks(run: Callable[[int, int], None], n_rows: int, n_features: int) -> None:
+    """Call ``run(start, stop)`` over blocks of about a million values, on all cores when there are several
+    blocks (numpy's partition, element-wise and matmul kernels release the GIL)."""
+    block = max(1, (1 << 20) // max(n_features, 1))
+    starts = range(0, n_rows, block)
+    n_threads = min(os.cpu_count() or 1, 8, len(starts))
+    if n_threads <= 1:
+        for start in starts:
+            run(start, min(start + block, n_rows))
+        return
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(lambda start: run(start, min(start + block, n_rows)), starts))
+
+
+class _Shaping(Detector):
+    """Shared machinery: shape the penultimate features, recompute logits with the head, score with
+    the wrapped detector."""
+
+    requires = frozenset({"features", "head"})
+    default_layers = (PENULTIMATE,)
+
+    def _inner(self) -> Detector:
+        detector = Energy() if self.detector is None else self.detector
+        if "input_gradients" in detector.requires:
+            raise ValueError(
+                f"{type(self).__name__} cannot wrap {type(detector).__name__}, which needs input gradients; "
+                "shaping acts on features after the forward pass."
+            )
+        return detector
+
+    def _needs_fit(self) -> bool:
+        return type(self).needs_fit or self._inner()._needs_fit()
+
+    def _shape(self, h: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fit_shape(self, h: np.ndarray) -> None:  # noqa: B027 - per-sample shapings learn nothing
+        """Learn what the shaping needs from the fit data's penultimate features."""
+
+    def _shaped_features(self, features: Features) -> Features:
+        """Logits recomputed from the shaped penultimate features (and those features, when the wrapped
+        detector reads them), in blocks of rows on all cores so that memory stays bounded by a block."""
+        h = features.layer(PENULTIMATE)
+        dtype = _as_float(h[:0]).dtype
+        weight_t = features.head_weight.T.astype(dtype)
+        bias = features.head_bias.astype(dtype)
+        logits = np.empty((len(h), weight_t.shape[1]), dtype=dtype)
+        keep = "features" in self._inner().requires
+        shaped_all = np.empty(h.shape, dtype=dtype) if keep else None
+
+        def run(start: int, stop: int) -> None:
+            shaped = self._shape(h[start:stop])
+            np.add(shaped @ weight_t, bias, out=logits[start:stop])
+            if shaped_all is not None:
+                shaped_all[start:stop] = shaped
+
+        _over_row_blocks(run, len(h), h.shape[1])
+        return Features._unchecked(
+            logits=logits,
+            layers={} if shaped_all is None else {PENULTIMATE: shaped_all},
+            labels=features.labels,
+            head_weight=features.head_weight,
+            head_bias=features.head_bias,
+        )
+
+    def _fit(self, features: Features) -> None:
+        self._fit_shape(features.layer(PENULTIMATE))
+        inner = clone(self._inner())
+        if inner._needs_fit():  # a stateless inner detector has nothing to learn from the shaped data
+            inner._fit_features(self._shaped_features(features))
+        else:
+            inner._validate_params()
+        self.detector_ = inner
+
+    def _score(self, features: Features) -> np.ndarray:
+        inner = getattr(self, "detector_", None) or self._inner()
+        return inner._score_features(self._shaped_features(features)).scores
+
+
+_DETECTOR = InstanceOf(Detector, allow_none=True)
+_PERCENTILE = Interval(float, 0, 100, closed="left")
+
+
+class ReAct(_Shaping):
+    """ReAct: clip the penultimate activations, then score the recomputed logits.
+
+    Sun, Guo & Li, "ReAct: Out-of-distribution Detection With Rectified Activations", NeurIPS 2021.
+    https://arxiv.org/abs/2111.12797
+
+    With c the p-th percentile of all penultimate activations of the fit data, W, b the linear head and
+    S_inner the wrapped detector's score (higher = more OOD; Energy by default, as in the paper):
+
+        S(x) = S_inner(W · min(h(x), c) + b).
+
+    Parameters
+    ----------
+    detector : Detector, optional
+        The detector scoring the recomputed logits; ``None`` means ``Energy()``.
+    percentile : float, default=90
+        p in [0, 100).
+
+    Attributes
+    ----------
+    threshold_ : float
+        The clipping value c.
+    detector_ : Detector
+        The wrapped detector, fitted on the shaped fit data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oodscope import GEN, Features
+    >>> h = np.array([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]])
+    >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(2))
+    >>> ReAct(GEN(), percentile=50).fit(feats).threshold_
+    1.0
+    """
+
+    needs_fit = True
+    _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
+
+    def __init__(self, detector: Detector | None = None, percentile: float = 90.0) -> None:
+        self.detector = detector
+        self.percentile = percentile
+
+    def _fit_shape(self, h: np.ndarray) -> None:
+        self.threshold_ = percentile(h, self.percentile)
+
+    def _shape(self, h: np.ndarray) -> np.ndarray:
+        return react(h, self.threshold_)
+
+
+class ASH(_Shaping):
+    """ASH: per-sample activation pruning (and scaling), then score the recomputed logits.
+
+    Djurisic, Bozanic, Ashok & Liu, "Extremely Simple Activation Shaping for Out-of-Distribution
+    Detection", ICLR 2023. https://arxiv.org/abs/2209.09858
+
+    Per sample, keep the k = n − round(n·p/100) largest penultimate activations h (and any tied with the
+    k-th) and zero the rest (h_p);
+    with s1 = Σh, s2 = Σh_p, ASH-S (the default) rescales: h' = h_p · exp(s1 / s2). ASH-P stops after
+    pruning; ASH-B sets each kept value to s1 / k. With S_inner the wrapped detector (Energy by default):
+
+        S(x) = S_inner(W · h'(x) + b).
+
+    Needs non-negative (post-ReLU) activations. Learns nothing itself: it needs fitting only when the
+    wrapped detector does.
+
+    Parameters
+    ----------
+    detector : Detector, optional
+        The detector scoring the recomputed logits; ``None`` means ``Energy()``.
+    percentile : float, default=90
+        p in [0, 100): the share of activations pruned.
+    variant : {"s", "p", "b"}, default="s"
+        ASH-S, ASH-P or ASH-B.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oodscope import Features
+    >>> h = np.array([[4.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(4))
+    >>> ASH(percentile=50, variant="p").score(feats).scores.round(3)
+    array([-4.083, -2.386])
+    """
+
+    needs_fit = False
+    _parameter_constraints = {
+        "detector": _DETECTOR,
+        "percentile": _PERCENTILE,
+        "variant": Options(["s", "p", "b"]),
+    }
+
+    def __init__(
+        self, detector: Detector | None = None, percentile: float = 90.0, variant: str = "s"
+    ) -> None:
+        self.detector = detector
+        self.percentile = percentile
+        self.variant = variant
+
+    def _shape(self, h: np.ndarray) -> np.ndarray:
+        return ash(h, self.percentile, self.variant)
+
+
+class SCALE(_Shaping):
+    """SCALE: per-sample rescaling of the activations (no pruning), then score the recomputed logits.
+
+    Xu, Chen, Franchi & Yao, "Scaling for Training Time and Post-hoc Out-of-distribution Detection
+    Enhancement", ICLR 2024. https://arxiv.org/abs/2310.00227
+
+    With s1 the sum of a sample's penultimate activations h and s2 the sum of its k = n − round(n·p/100)
+    largest, h' = h · exp(s1 / s2); with S_inner the wrapped detector (Energy by default):
+
+        S(x) = S_inner(W · h'(x) + b).
+
+    Needs non-negative (post-ReLU) activations. Learns nothing itself.
+
+    Parameters
+    ----------
+    detector : Detector, optional
+        The detector scoring the recomputed logits; ``None`` means ``Energy()``.
+    percentile : float, default=85
+        p in [0, 100).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oodscope import Features
+    >>> h = np.array([[4.0, 0.0], [1.0, 1.0]])
+    >>> SCALE(percentile=50).score(Features(layers={"penultimate": h}, head_weight=np.eye(2))).scores.round(3)
+    array([-10.873,  -8.082])
+    """
+
+    needs_fit = False
+    _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
+
+    def __init__(self, detector: Detector | None = None, percentile: float = 85.0) -> None:
+        self.detector = detector
+        self.percentile = percentile
+
+    def _shape(self, h: np.ndarray) -> np.ndarray:
+        return scale(h, self.percentile)
