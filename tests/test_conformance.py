@@ -7,10 +7,11 @@ import re
 
 import numpy as np
 import pytest
-from conftest import all_detector_classes, make_toy
 
 from oodscope import Features, NotFittedError, ScoreResult, auroc, clone
 from oodscope.detectors import REQUIREMENTS, Detector
+
+from conftest import all_detector_classes, make_toy
 
 DETECTORS = all_detector_classes()
 

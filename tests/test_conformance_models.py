@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import all_detector_classes
 
 from oodscope import clone, extract
+
+from conftest import all_detector_classes
 
 DETECTORS = all_detector_classes()
 N_CLASSES = 4
