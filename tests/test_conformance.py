@@ -206,3 +206,28 @@ def test_missing_inputs_give_a_clear_error(cls, toy):
         cls().fit(full.logits)
     with pytest.raises(TypeError, match="no model is known"):
         cls().fit(full).score(full.logits)
+
+
+def test_save_load_round_trip_is_bit_identical(cls, toy, tmp_path):
+    from oodscope import load
+
+    det = cls().fit(toy["fit"]).calibrate(toy["id"])
+    path = det.save(tmp_path / "det.oodscope")
+    loaded = load(path)
+    assert (
+        type(loaded) is type(det)
+        and loaded.get_params(deep=False).keys() == det.get_params(deep=False).keys()
+    )
+    np.testing.assert_array_equal(loaded.score(toy["ood"]).scores, det.score(toy["ood"]).scores)
+    np.testing.assert_array_equal(loaded.predict(toy["ood"]), det.predict(toy["ood"]))
+    assert loaded.threshold_ == det.threshold_
+
+
+def test_threshold_keeps_the_requested_share_of_id(cls, toy):
+    det = cls().fit(toy["fit"]).calibrate(toy["id"], tpr=0.9)
+    id_scores = det.score(toy["id"]).scores
+    assert (id_scores <= det.threshold_).mean() >= 0.9
+    assert (id_scores < det.threshold_).mean() < 0.9 or det.threshold_ == id_scores.min()
+    assert det.predict(toy["ood"]).mean() > 0.5
+    p = det.pvalues(toy["ood"])
+    assert ((p > 0) & (p <= 1)).all() and np.median(p) < np.median(det.pvalues(toy["id"]))

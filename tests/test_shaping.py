@@ -40,14 +40,14 @@ def top_k_reference(row, percentile):
 def test_react_clips_at_the_fit_percentile():
     det = ReAct(percentile=80).fit(FIT)
     c = np.percentile(FIT.layer("penultimate"), 80)
-    assert det.threshold_ == pytest.approx(c)
+    assert det.clip_value_ == pytest.approx(c)
     expected = energy(np.minimum(TEST.layer("penultimate"), c) @ W.T + B)
     np.testing.assert_allclose(det.score(TEST).scores, expected, rtol=1e-10)
 
 
 def test_react_composes_with_any_logit_detector():
     det = ReAct(GEN(gamma=0.3, k=3), percentile=90).fit(FIT)
-    shaped = np.minimum(TEST.layer("penultimate"), det.threshold_) @ W.T + B
+    shaped = np.minimum(TEST.layer("penultimate"), det.clip_value_) @ W.T + B
     np.testing.assert_allclose(det.score(TEST).scores, gen_score(shaped, 0.3, 3), rtol=1e-10)
     before = det.score(TEST).scores
     det.set_params(detector__gamma=0.8)

@@ -26,6 +26,7 @@ from .detectors import (
 from .extract import extract
 from .features import Features
 from .metrics import aupr_in, aupr_out, auroc, bench_metrics, detect_acc, fpr_at_tpr, tnr_at_tpr
+from .persistence import load
 from .shaping import ASH, SCALE, ReAct
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "energy_score",
     "entropy_score",
     "fpr_at_tpr",
+    "load",
     "gen_score",
     "mls_score",
     "msp_score",

@@ -266,7 +266,7 @@ class ReAct(_Shaping):
 
     Attributes
     ----------
-    threshold_ : float
+    clip_value_ : float
         The clipping value c.
     detector_ : Detector
         The wrapped detector, fitted on the shaped fit data.
@@ -277,7 +277,7 @@ class ReAct(_Shaping):
     >>> from oodscope import GEN, Features
     >>> h = np.array([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]])
     >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(2))
-    >>> ReAct(GEN(), percentile=50).fit(feats).threshold_
+    >>> ReAct(GEN(), percentile=50).fit(feats).clip_value_
     1.0
     """
 
@@ -289,10 +289,10 @@ class ReAct(_Shaping):
         self.percentile = percentile
 
     def _fit_shape(self, h: np.ndarray) -> None:
-        self.threshold_ = percentile(h, self.percentile)
+        self.clip_value_ = percentile(h, self.percentile)
 
     def _shape(self, h: np.ndarray) -> np.ndarray:
-        return react(h, self.threshold_)
+        return react(h, self.clip_value_)
 
 
 class ASH(_Shaping):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -205,6 +206,76 @@ class Detector:
         """Whether this instance must be fitted before scoring (composite detectors ask their parts)."""
         return self.needs_fit
 
+    # --- decisions: thresholds and conformal p-values ----------------------------------------------------
+
+    def calibrate(self, id_data: Any, tpr: float = 0.95) -> Detector:
+        """Set a decision threshold from held-out in-distribution data; returns ``self``.
+
+        ``threshold_`` is the smallest score that keeps at least ``tpr`` of the given ID samples (score
+        <= threshold); ``predict`` then flags scores above it as OOD. The sorted scores are kept in
+        ``calibration_scores_`` for :meth:`pvalues`. Use ID data that was *not* used to fit the detector.
+        A refit discards the calibration.
+        """
+        if not (isinstance(tpr, (int, float)) and 0 < tpr <= 1):
+            raise ValueError(f"tpr must be in (0, 1] (e.g. 0.95 keeps 95% of ID data); got {tpr!r}.")
+        scores = np.sort(self.score(id_data).scores)
+        n = scores.size
+        kept = min(max(math.ceil(tpr * n), 1), n)  # the fewest samples k with k / n >= tpr, in float
+        while kept > 1 and (kept - 1) / n >= tpr:
+            kept -= 1
+        while kept < n and kept / n < tpr:
+            kept += 1
+        self.threshold_ = float(scores[kept - 1])
+        self.threshold_tpr_ = float(tpr)
+        self.calibration_scores_ = scores
+        return self
+
+    def predict(self, data: Any) -> np.ndarray:
+        """Boolean array, True where a sample is flagged OOD (score above ``threshold_``)."""
+        self._check_calibrated()
+        return self.score(data).scores > self.threshold_
+
+    def pvalues(self, data: Any) -> np.ndarray:
+        """Conformal p-values of the samples against the calibration scores.
+
+        p(x) = (1 + #{calibration scores >= s(x)}) / (n + 1). Guarantee: if the calibration samples and a
+        test sample are exchangeable (drawn i.i.d. from the same in-distribution), then for every level a,
+        P(p(x) <= a) <= a; flagging p <= a as OOD therefore wrongly flags at most a share a of ID data (on
+        average over calibration sets). Small p-values mean unlike the ID data.
+        """
+        self._check_calibrated()
+        scores = self.score(data).scores
+        calibration = self.calibration_scores_
+        at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
+        return (1.0 + at_least) / (calibration.size + 1.0)
+
+    def _check_calibrated(self) -> None:
+        if getattr(self, "threshold_", None) is None:
+            raise NotFittedError(
+                f"This {type(self).__name__} has no threshold yet: call calibrate(held_out_id_data) first."
+            )
+
+    # --- persistence ----------------------------------------------------------------------------------------
+
+    def save(self, path: Any) -> Any:
+        """Save hyperparameters, learned state, threshold and extraction options to one file.
+
+        The file is a zip of JSON and ``.npy`` arrays, read back with :func:`oodscope.load` without
+        executing any code (no pickle). The model is not saved: pass it to ``load(path, model=...)``.
+        """
+        from ..persistence import save
+
+        return save(self, path)
+
+    def _get_state(self) -> dict[str, Any]:
+        """Learned state to save: by default every attribute ending with ``_``. Methods whose state holds
+        objects that are not arrays, numbers, strings or detectors override this and :meth:`_set_state`."""
+        return {key: getattr(self, key) for key in self._learned_attributes()}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
     # --- what a method implements -------------------------------------------------------------------------
 
     def _fit(self, features: Features) -> None:  # noqa: B027 - stateless detectors learn nothing
@@ -319,6 +390,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def clone(detector: Detector) -> Detector:
-    """A new, unfitted detector with the same hyperparameters (deep-copied)."""
+    """A new, unfitted detector with the same hyperparameters (deep-copied; nested detectors cloned)."""
     params = detector.get_params(deep=False)
-    return type(detector)(**{name: copy.deepcopy(value) for name, value in params.items()})
+    return type(detector)(
+        **{
+            name: clone(value) if isinstance(value, Detector) else copy.deepcopy(value)
+            for name, value in params.items()
+        }
+    )

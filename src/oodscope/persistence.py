@@ -1,0 +1,224 @@
+"""Save and load fitted detectors in a format that cannot execute code when read.
+
+A saved detector is one zip file holding ``detector.json`` (format, library version, class, hyperparameters,
+learned state, extraction options) and one ``.npy`` entry per array, read with ``allow_pickle=False``.
+Classes are looked up among the already imported :class:`~oodscope.detectors.Detector` subclasses, never
+imported by name from the file, and nothing is unpickled: a pickle (or any other foreign file) is refused
+before anything in it runs. Arrays round-trip bit for bit, so scores after loading are identical.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .detectors.base import Detector
+
+__all__ = ["load", "save", "DetectorFileError"]
+
+FORMAT = "oodscope-detector"
+FORMAT_VERSION = 1
+_META = "detector.json"
+
+
+class DetectorFileError(ValueError):
+    """The file is not a readable oodscope detector file (foreign, truncated, tampered or too new)."""
+
+
+def save(detector: Detector, path: str | Path) -> Path:
+    """Write ``detector`` to ``path`` (conventionally ending in ``.oodscope``); returns the path."""
+    if not isinstance(detector, Detector):
+        raise TypeError(f"save() expects an oodscope detector; got {type(detector).__name__}.")
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    options = dict(detector._pass_options or {})
+    if options.get("postproc_fns") is not None:
+        raise ValueError(
+            "This detector was fitted with postproc_fns, which are functions and cannot be saved safely. "
+            "Save it after fitting on Features, or re-create the post-processing after loading."
+        )
+    options.pop("postproc_fns", None)
+    options.pop("progress", None)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "oodscope_version": __version__,
+        "detector": _encode(detector, arrays, "detector"),
+        "extraction": _encode(options, arrays, "extraction") if detector._pass_options else None,
+    }
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(_META, json.dumps(meta, indent=1, allow_nan=False))
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+    return path
+
+
+def load(path: str | Path, model: Any = None) -> Detector:
+    """Read a detector written by :meth:`Detector.save`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    model : torch.nn.Module or keras.Model, optional
+        The model to score data through, with the extraction options saved with the detector (layers,
+        head, batch size). Without it the loaded detector scores :class:`~oodscope.Features`.
+
+    Raises
+    ------
+    DetectorFileError
+        For a file that is not an oodscope detector file (e.g. a pickle, which is never unpickled), a
+        truncated or tampered file, or one written by a newer, incompatible format.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:1] == b"\x80" or head[:4] != b"PK\x03\x04":
+        kind = "a pickle, which oodscope never loads" if head[:1] == b"\x80" else "not a zip archive"
+        raise DetectorFileError(
+            f"{path} is not an oodscope detector file ({kind}); write one with det.save()."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta = _read_meta(archive, path)
+            arrays = _ArrayReader(archive, path)
+            detector = _decode(meta["detector"], arrays)
+            options = _decode(meta["extraction"], arrays) if meta.get("extraction") else None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
+        if isinstance(error, DetectorFileError):
+            raise
+        raise DetectorFileError(f"{path} is damaged or truncated ({error}).") from error
+    if not isinstance(detector, Detector):
+        raise DetectorFileError(f"{path} does not hold a detector.")
+    detector._validate_params()
+    if options is not None:
+        options["postproc_fns"] = None
+        options["progress"] = None
+        detector._pass_options = options
+    if model is not None:
+        if options is None:
+            raise ValueError(f"{path} was fitted on Features, so it has no extraction options for a model.")
+        from .backends import get_backend
+
+        get_backend(model)
+        detector._model = model
+    return detector
+
+
+def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(archive.read(_META))
+    except KeyError:
+        raise DetectorFileError(f"{path} is a zip archive but not an oodscope detector file.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DetectorFileError(f"{path} is not an oodscope detector file (format {meta.get('format')!r}).")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DetectorFileError(
+            f"{path} uses detector-file format {version!r}, written by oodscope "
+            f"{meta.get('oodscope_version')}; this oodscope ({__version__}) reads format {FORMAT_VERSION} "
+            "and older. Upgrade oodscope to load it."
+        )
+    return meta
+
+
+class _ArrayReader:
+    def __init__(self, archive: zipfile.ZipFile, path: Path) -> None:
+        self.archive, self.path = archive, path
+
+    def __call__(self, name: str) -> np.ndarray:
+        try:
+            data = self.archive.read(f"{name}.npy")
+        except KeyError:
+            raise DetectorFileError(
+                f"{self.path} lacks the array {name!r}: it is truncated or tampered."
+            ) from None
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.hasobject:
+            raise TypeError(f"Cannot save {key}: object arrays are not supported.")
+        arrays[key] = array
+        return {"__array__": key, "scalar": isinstance(value, np.generic)}
+    if isinstance(value, (list, tuple)):
+        items = [_encode(item, arrays, f"{key}.{i}") for i, item in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        return {
+            "__items__": [
+                [_encode(k, arrays, f"{key}.key{i}"), _encode(v, arrays, f"{key}.{i}")]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
+    if isinstance(value, Detector):
+        return {
+            "__detector__": _class_name(type(value)),
+            "params": _encode(value.get_params(deep=False), arrays, f"{key}.params"),
+            "state": _encode(value._get_state(), arrays, f"{key}.state"),
+        }
+    raise TypeError(
+        f"Cannot save {key} of type {type(value).__name__}: only numbers, strings, arrays, lists, dicts and "
+        "detectors are saved. A detector holding other objects must override _get_state / _set_state."
+    )
+
+
+def _decode(value: Any, arrays: _ArrayReader) -> Any:
+    if isinstance(value, list):
+        return [_decode(item, arrays) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__array__" in value:
+        array = arrays(value["__array__"])
+        return array[()] if value.get("scalar") else array
+    if "__tuple__" in value:
+        return tuple(_decode(item, arrays) for item in value["__tuple__"])
+    if "__items__" in value:
+        return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
+    if "__detector__" in value:
+        cls = _detector_classes().get(value["__detector__"])
+        if cls is None:
+            raise DetectorFileError(
+                f"Unknown detector class {value['__detector__']!r}; import the module that defines it first."
+            )
+        detector = cls(**_decode(value["params"], arrays))
+        detector._set_state(_decode(value["state"], arrays))
+        return detector
+    raise DetectorFileError(f"Unexpected entry in the detector file: {sorted(value)}.")
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _detector_classes() -> dict[str, type[Detector]]:
+    """Every Detector subclass imported so far, by module-qualified name (nothing is imported by name)."""
+    from . import detectors, shaping  # noqa: F401 - make the built-in detectors known
+
+    found: dict[str, type[Detector]] = {}
+    stack = [Detector]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            found[_class_name(sub)] = sub
+            stack.append(sub)
+    return found

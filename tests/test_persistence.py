@@ -1,0 +1,129 @@
+"""Saving and loading detectors: no pickle, clear errors for foreign or damaged files, exact round trips."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from oodscope import GEN, ReAct, load
+from oodscope.persistence import DetectorFileError
+
+from conftest import make_toy
+
+TOY = make_toy()
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "det.oodscope"
+    payload.write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(DetectorFileError, match="a pickle, which oodscope never loads"):
+        load(payload)
+    assert not marker.exists()
+
+
+def test_foreign_truncated_and_tampered_files(tmp_path):
+    path = ReAct(GEN()).fit(TOY["fit"]).calibrate(TOY["id"]).save(tmp_path / "react.oodscope")
+    data = path.read_bytes()
+
+    truncated = tmp_path / "truncated.oodscope"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DetectorFileError, match="damaged or truncated"):
+        load(truncated)
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(DetectorFileError, match="not a zip archive"):
+        load(text)
+
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("readme.txt", "hi")
+    with pytest.raises(DetectorFileError, match="not an oodscope detector file"):
+        load(foreign)
+
+    with zipfile.ZipFile(path) as archive:
+        meta = json.loads(archive.read("detector.json"))
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    newer = tmp_path / "newer.oodscope"
+    meta["format_version"] = 99
+    with zipfile.ZipFile(newer, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, json.dumps(meta) if name == "detector.json" else content)
+    with pytest.raises(DetectorFileError, match="format 99, .* Upgrade oodscope"):
+        load(newer)
+
+    missing = tmp_path / "missing.oodscope"
+    with zipfile.ZipFile(missing, "w") as archive:
+        for name, content in entries.items():
+            if not name.endswith(".npy"):
+                archive.writestr(name, content)
+    with pytest.raises(DetectorFileError, match="lacks the array"):
+        load(missing)
+
+    bad_params = tmp_path / "bad_params.oodscope"
+    meta["format_version"] = 1
+    meta["detector"]["params"]["__items__"][1][1] = -5.0  # percentile
+    with zipfile.ZipFile(bad_params, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, json.dumps(meta) if name == "detector.json" else content)
+    with pytest.raises(ValueError, match="The 'percentile' parameter of ReAct"):
+        load(bad_params)
+
+
+def test_flipped_array_bytes_are_detected(tmp_path):
+    path = ReAct().fit(TOY["fit"]).calibrate(TOY["id"]).save(tmp_path / "react.oodscope")
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(next(n for n in archive.namelist() if n.endswith(".npy")))
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF
+    tampered = tmp_path / "tampered.oodscope"
+    tampered.write_bytes(bytes(raw))
+    with pytest.raises(DetectorFileError):
+        load(tampered)
+
+
+def test_model_level_round_trip(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    det = ReAct(GEN(), percentile=80).fit(model, x, batch_size=16).calibrate(x[:20])
+    loaded = load(det.save(tmp_path / "react.oodscope"), model=model)
+    np.testing.assert_array_equal(loaded.score(x).scores, det.score(x).scores)
+    assert loaded._pass_options["batch_size"] == 16
+    assert loaded.detector.get_params() == det.detector.get_params()
+    with pytest.raises(TypeError, match="no model is known"):
+        load(tmp_path / "react.oodscope").score(x)
+
+
+def test_unfitted_and_stateless_detectors_save_too(tmp_path):
+    loaded = load(GEN(gamma=0.3, k=4).save(tmp_path / "gen.oodscope"))
+    assert isinstance(loaded, GEN) and (loaded.gamma, loaded.k) == (0.3, 4)
+
+
+def test_threshold_uses_float_tpr_like_the_metrics():
+    det = GEN().fit(TOY["fit"])
+    scores = np.sort(det.score(TOY["id"]).scores)
+    det.calibrate(TOY["id"], tpr=1.0)
+    assert det.threshold_ == scores[-1]
+    det.calibrate(TOY["id"], tpr=0.5)
+    assert det.threshold_ == scores[int(np.ceil(0.5 * scores.size)) - 1]
+    with pytest.raises(ValueError, match="tpr must be in \\(0, 1\\]"):
+        det.calibrate(TOY["id"], tpr=95)
+    with pytest.raises(Exception, match="no threshold yet"):
+        GEN().predict(TOY["id"])
