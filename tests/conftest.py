@@ -18,8 +18,10 @@ def all_detector_classes() -> list[type[Detector]]:
     """Every public Detector subclass defined in oodscope, found by walking the package (not listed)."""
     found = {}
     for info in pkgutil.walk_packages(oodscope.__path__, "oodscope."):
-        if info.name.startswith("oodscope.backends"):
-            continue  # framework code; it defines no detector
+        if info.name.startswith(
+            ("oodscope.backends", "oodscope.training", "oodscope.data", "oodscope.plots")
+        ):
+            continue  # framework and data code; it defines no detector
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if (

@@ -4,7 +4,9 @@ Scores read **higher = more OOD** for every detector. ``import oodscope`` import
 tensorflow; framework code is loaded only when a model of that framework is used.
 """
 
+from . import plots, training
 from ._version import __version__
+from .data import OODDataset
 from .detectors import (
     GEN,
     MLS,
@@ -33,10 +35,13 @@ __all__ = [
     "__version__",
     "ASH",
     "ODIN",
+    "OODDataset",
     "ReAct",
     "SCALE",
     "extract",
     "odin_score",
+    "plots",
+    "training",
     "Detector",
     "Energy",
     "Entropy",

@@ -1,0 +1,116 @@
+"""Framework-free pieces of training: argument checks, the learning-rate schedules, save paths.
+
+Both frameworks step their schedule once per optimizer step (per batch), from the same formulas, so a torch
+and a Keras run with the same ``epochs`` and number of batches see the same learning rate at every step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+MODEL_NAMES = ("toy_convnet", "toy_mlp", "resnet20")
+LR_SCHEDULERS = (None, "cosine", "steps")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+#: momentum of the "sgd" optimizer in both frameworks (He et al. 2016 train ResNet-20 with it)
+SGD_MOMENTUM = 0.9
+#: factor applied by the "steps" schedule at each milestone
+STEP_GAMMA = 0.1
+
+
+def check_model_name(model: Any) -> str:
+    """``model`` lower-cased if it names a built-in architecture; ValueError otherwise."""
+    name = model.lower() if isinstance(model, str) else model
+    if name not in MODEL_NAMES:
+        raise ValueError(f"Unknown model {model!r}; built-in models are {', '.join(map(repr, MODEL_NAMES))}.")
+    return name
+
+
+def check_training_args(
+    epochs: Any, batch_size: Any, learning_rate: Any, lr_scheduler: Any, optimizer: Any
+) -> str | None:
+    """Validate the arguments shared by both trainers; return the normalised schedule name."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+        raise ValueError(f"learning_rate must be a positive number; got {learning_rate!r}.")
+    schedule = lr_scheduler.lower() if isinstance(lr_scheduler, str) else lr_scheduler
+    if schedule not in LR_SCHEDULERS:
+        raise ValueError(f"lr_scheduler must be None, 'cosine' or 'steps'; got {lr_scheduler!r}.")
+    if isinstance(optimizer, str) and optimizer.lower() not in OPTIMIZERS:
+        raise ValueError(
+            f"Unknown optimizer {optimizer!r}; choose one of {', '.join(map(repr, OPTIMIZERS))}."
+        )
+    return schedule
+
+
+def step_milestones(total_steps: int) -> tuple[int, int]:
+    """Where the "steps" schedule multiplies the rate by 0.1: steps ``ceil(T/2)`` and ``ceil(3T/4)``."""
+    return -(-total_steps // 2), -(-3 * total_steps // 4)
+
+
+def lr_factor(step: int, total_steps: int, lr_scheduler: str | None) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based) of ``total_steps``.
+
+    - ``None``: 1.
+    - ``"cosine"``: ``0.5 * (1 + cos(pi * min(step, T) / T))``, from 1 at the first step down to
+      ``0.5 * (1 + cos(pi * (T - 1) / T))`` (about ``2.5 / T**2``) at the last one; Keras' ``CosineDecay``
+      with ``alpha=0``.
+    - ``"steps"``: 1 before step ``ceil(T/2)``, 0.1 from there, 0.01 from step ``ceil(3T/4)``; Keras'
+      ``PiecewiseConstantDecay`` with boundaries ``[ceil(T/2) - 1, ceil(3T/4) - 1]``.
+    """
+    if lr_scheduler is None:
+        return 1.0
+    if lr_scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    first, second = step_milestones(total_steps)
+    return STEP_GAMMA ** ((step >= first) + (step >= second))
+
+
+def learning_rate_at(
+    step: int, total_steps: int, learning_rate: float = 1e-3, lr_scheduler: str | None = None
+) -> float:
+    """The learning rate that ``train_tf_model`` / ``train_torch_model`` use at optimizer step ``step``.
+
+    Schedules are stepped once per batch (optimizer step), never per epoch: ``total_steps`` is
+    ``epochs * batches_per_epoch``, and step ``i`` (0-based) is the ``i``-th update.
+
+    Parameters
+    ----------
+    step : int
+        0-based index of the optimizer step.
+    total_steps : int
+        Number of optimizer steps of the whole training.
+    learning_rate : float, default 1e-3
+        The base (initial) learning rate.
+    lr_scheduler : {None, "cosine", "steps"}, default None
+        ``None`` keeps the rate constant; ``"cosine"`` decays it to about 0 along half a cosine over all
+        steps; ``"steps"`` multiplies it by 0.1 at 50% and again at 75% of the steps (see :func:`lr_factor`).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> [learning_rate_at(s, 8, 1.0, "steps") for s in range(8)]
+    [1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002]
+    >>> round(learning_rate_at(4, 8, 1.0, "cosine"), 6)
+    0.5
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be at least 1; got {total_steps}.")
+    return learning_rate * lr_factor(step, total_steps, lr_scheduler)
+
+
+def resolve_save_path(save_dir: str | os.PathLike, default_name: str, suffixes: tuple[str, ...]) -> Path:
+    """A file path from ``save_dir``: used as is when it ends with one of ``suffixes``, else a directory
+    in which the file ``default_name`` is written. Parent directories are created."""
+    path = Path(save_dir).expanduser()
+    if path.suffix.lower() not in suffixes:
+        path = path / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
