@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,13 +37,25 @@ def test_ruff_is_clean():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-def test_demo_command_runs_and_separates_digits():
-    from oodscope.cli import main
+def test_demo_without_a_framework_uses_scikit_learn(tmp_path):
     from oodscope.demo import run_demo
 
-    result = run_demo(seed=0)
+    result = run_demo(out_dir=tmp_path, seed=0, backend="sklearn")
     assert result["accuracy"] > 0.95
     aurocs = {row["detector"]: row["auroc"] for row in result["rows"]}
     assert set(aurocs) == {"GEN()", "MSP()", "MLS()", "Energy()", "Entropy()"}
     assert min(aurocs.values()) > 0.75
-    assert main(["demo", "--seed", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen_roc.png", "gen_scores.png"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_demo_command_on_digits_with_each_framework(tmp_path, backend, capsys):
+    from oodscope.cli import main
+
+    args = ["demo", "--backend", backend, "--data", "digits", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| GEN()" in out and "ReAct(detector=GEN())" in out and "scikit-learn 8x8 digits" in out
+    accuracy = float(out.split("ID test accuracy ")[1].split(";")[0])
+    assert accuracy > 0.9
+    assert (tmp_path / "gen_roc.png").stat().st_size > 10_000
