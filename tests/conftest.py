@@ -36,7 +36,7 @@ def all_detector_classes() -> list[type[Detector]]:
     return [found[name] for name in sorted(found)]
 
 
-def make_toy(n_per_class: int = 40, n_classes: int = 5, dim: int = 24, seed: int = 0) -> dict[str, Features]:
+def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int = 0) -> dict[str, Features]:
     """Linearly separable ID classes around class means; OOD points around the origin.
 
     The head W has the class means as rows, so ID logits are peaked and OOD logits are flat: every
