@@ -1,0 +1,324 @@
+"""Hyperparameter search for one detector on cached features.
+
+Every candidate is a clone of the detector with the candidate's parameters set (nested ones such as
+``detector__gamma`` included), refitted on the same fit :class:`~oodscope.Features` and scored on the same
+validation Features: the model runs once per dataset, not once per candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._table import markdown_table
+from ..detectors.base import Detector, clone
+from ..features import Features
+from ..metrics import bench_metrics
+from ._common import (
+    ExtractionPlan,
+    PassOptions,
+    as_named,
+    check_errors,
+    describe_error,
+    detector_layers,
+    higher_is_better,
+    log,
+    needs_gradients,
+)
+
+__all__ = ["TuneResult", "parameter_candidates", "tune"]
+
+
+def parameter_candidates(
+    param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]],
+) -> list:
+    """All parameter combinations of a grid: a dict of lists, or a list of such dicts (their union).
+
+    >>> parameter_candidates({"gamma": [0.1, 0.5], "k": [10]})
+    [{'gamma': 0.1, 'k': 10}, {'gamma': 0.5, 'k': 10}]
+    >>> parameter_candidates([{"gamma": [0.1]}, {"k": [5, 10]}])
+    [{'gamma': 0.1}, {'k': 5}, {'k': 10}]
+    """
+    grids = [param_grid] if isinstance(param_grid, Mapping) else list(param_grid)
+    candidates = []
+    for grid in grids:
+        if not isinstance(grid, Mapping):
+            raise TypeError(f"A parameter grid is a dict of lists or a list of such dicts; got {grid!r}.")
+        names = list(grid)
+        values = []
+        for name in names:
+            options = grid[name]
+            if isinstance(options, (str, bytes)) or not hasattr(options, "__iter__"):
+                raise TypeError(
+                    f"The values of parameter {name!r} must be a list of candidates; got {options!r}. "
+                    f"Write {{{name!r}: [{options!r}]}} for a single value."
+                )
+            options = list(options)
+            if not options:
+                raise ValueError(f"Parameter {name!r} has an empty list of candidates.")
+            values.append(options)
+        candidates += [
+            dict(zip(names, combination, strict=True)) for combination in itertools.product(*values)
+        ]
+    return candidates
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class TuneResult:
+    """The outcome of :func:`tune`.
+
+    Attributes
+    ----------
+    best_detector : Detector
+        The best candidate, fitted on the fit data.
+    best_params : dict
+        Its parameters (the grid's keys).
+    best_score : float
+        Its metric value (the mean over the OOD sets when there are several).
+    metric : str
+        The metric that was optimised.
+    higher_is_better : bool
+        Its direction.
+    table : list of dict
+        One row per candidate, in grid order: its parameters, ``rank`` (1 = best), the metric (and, with
+        several OOD sets, ``"<metric>:<set>"`` per set), ``fit_s``, ``score_s`` and ``error`` (None unless
+        the candidate failed).
+    scores : list of dict or None
+        With ``keep_scores=True``, per candidate ``{"id": scores, <ood set>: scores, ...}``.
+    timings : dict of str to float
+        Seconds spent extracting each dataset (0 for Features given).
+    """
+
+    best_detector: Detector
+    best_params: dict[str, Any]
+    best_score: float
+    metric: str
+    higher_is_better: bool
+    table: list[dict[str, Any]]
+    scores: list[dict[str, np.ndarray]] | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_markdown(self, digits: int = 4, sort: bool = True) -> str:
+        """The candidates as a markdown table, best first (``sort=False``: grid order)."""
+        rows = sorted(self.table, key=lambda row: row["rank"] or math.inf) if sort else self.table
+        shown = [{key: _cell(value) for key, value in row.items()} for row in rows]
+        columns = list(dict.fromkeys(key for row in shown for key in row))
+        if all(row.get("error") is None for row in rows):
+            columns.remove("error")
+        return markdown_table(shown, columns, digits=digits)
+
+    def __repr__(self) -> str:
+        return (
+            f"TuneResult(best_params={self.best_params!r}, best_score={self.best_score:.4f} ({self.metric}), "
+            f"{len(self.table)} candidates)"
+        )
+
+
+def _cell(value: Any) -> Any:
+    return repr(value) if isinstance(value, Detector) else value
+
+
+def tune(
+    detector: Detector,
+    param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]],
+    fit_data: Any,
+    id_val: Any,
+    ood_val: Any,
+    metric: str = "auroc",
+    model: Any = None,
+    *,
+    feature_layers_id: Any = None,
+    head_layer_id: Hashable = -1,
+    postproc_fns: Mapping[Hashable, Any] | None = None,
+    batch_size: int = 128,
+    input_key: str | None = None,
+    label_key: str | None = None,
+    errors: str = "record",
+    keep_scores: bool = False,
+    progress: bool | None = None,
+) -> TuneResult:
+    """Grid search over a detector's hyperparameters, scored on validation ID / OOD data.
+
+    Each candidate is ``clone(detector).set_params(**candidate)`` -- nested parameters such as
+    ``detector__gamma`` of ``ReAct(GEN())`` included -- refitted on the cached fit Features and scored on
+    the cached validation Features. A candidate whose parameters do not read back from ``get_params`` as
+    set raises an error, so a search can never silently leave a parameter unchanged.
+
+    Parameters
+    ----------
+    detector : Detector
+        The detector to tune; it is not modified.
+    param_grid : dict of str to list, or list of such dicts
+        The candidates: all combinations of each dict's lists (see :func:`parameter_candidates`).
+    fit_data, id_val, ood_val
+        Fit data (None when no candidate learns from data), ID validation data, and OOD validation data (one
+        dataset or a dict ``{name: data}``; the metric is then averaged over them). Each is
+        :class:`~oodscope.Features` or data for ``model``, which is then run over it once.
+    metric : str, default "auroc"
+        A :func:`~oodscope.bench_metrics` name. Higher is better for ``auroc``, ``aupr_*``, ``tnr*`` and
+        ``detect_acc``, lower for ``fpr*``.
+    model : torch.nn.Module or keras.Model, optional
+        Needed only for data that is not Features, and for detectors that need input gradients (ODIN), which
+        then score the raw data with their own passes for each candidate.
+    feature_layers_id : layer ids, optional
+        Layers to extract instead of the detector's defaults (as ``fit(model, feature_layers_id=...)``).
+    head_layer_id, postproc_fns, batch_size, input_key, label_key
+        Passed to :func:`~oodscope.extract`.
+    errors : {"record", "raise"}, default "record"
+        A candidate that fails to fit or score is recorded in the table (``error``) and skipped, or raises.
+    keep_scores : bool, default False
+        Keep every candidate's scores in :attr:`TuneResult.scores`.
+    progress : bool, optional
+        Progress bar over the candidates (and the passes): ``True`` always, ``False`` never, by default after
+        2 seconds.
+
+    Returns
+    -------
+    TuneResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oodscope import GEN, Features
+    >>> rng = np.random.default_rng(0)
+    >>> id_val = Features(logits=rng.normal(0, 1, (60, 4)) + [5, 0, 0, 0])
+    >>> ood_val = Features(logits=rng.normal(0, 1, (60, 4)))
+    >>> result = tune(GEN(), {"gamma": [0.01, 0.1, 1.0], "k": [1, 4]}, None, id_val, ood_val)
+    >>> len(result.table), sorted(result.best_params), result.best_score > 0.9
+    (6, ['gamma', 'k'], True)
+    """
+    check_errors(errors)
+    direction = higher_is_better(metric)
+    if not isinstance(detector, Detector):
+        raise TypeError(f"tune needs an oodscope Detector; got {type(detector).__name__}.")
+    candidates = parameter_candidates(param_grid)
+    prepared = []
+    for params in candidates:
+        # a detector given as a value is copied, so that nested settings never leak between candidates
+        given_values = {name: clone(v) if isinstance(v, Detector) else v for name, v in params.items()}
+        candidate = clone(detector).set_params(**given_values)
+        _check_params_took(candidate, given_values)
+        prepared.append((params, candidate, detector_layers(candidate, feature_layers_id)))
+    oods = as_named(ood_val, "ood")
+    options = PassOptions(head_layer_id, postproc_fns, batch_size, input_key, label_key, progress)
+    plan = ExtractionPlan(model, options)
+    invalid: dict[int, Exception] = {}
+    for index, (_, candidate, own) in enumerate(prepared):
+        try:
+            candidate._validate_params()  # an invalid candidate fails here, before any pass
+        except ValueError as error:
+            if errors == "raise":
+                raise
+            invalid[index] = error
+            continue
+        if not needs_gradients(candidate):
+            plan.add(str(index), candidate, own)
+    cached = [
+        candidate
+        for index, (_, candidate, _) in enumerate(prepared)
+        if index not in invalid and not needs_gradients(candidate)
+    ]
+    given = {"fit": fit_data, "id": id_val, **oods}
+    timings: dict[str, float] = {}
+    extracted: dict[str, Features] = {}
+    if any(candidate._needs_fit() for candidate in cached):
+        if fit_data is None:
+            raise ValueError(f"{type(detector).__name__} learns from in-distribution data: give fit_data.")
+        extracted["fit"] = plan.features("fit", fit_data, timings)
+    if cached:
+        extracted["id"] = plan.features("id", id_val, timings)
+        for name, data in oods.items():
+            extracted[name] = plan.features(f"ood:{name}", data, timings)
+
+    from tqdm.auto import tqdm
+
+    table, kept_scores = [], []
+    best: tuple[float, int, Detector] | None = None
+    sign = 1.0 if direction else -1.0
+    bar = tqdm(
+        prepared,
+        desc="tune",
+        unit="candidate",
+        disable=progress is False,
+        delay=0 if progress else 2.0,
+        leave=False,
+    )
+    for index, (params, candidate, own) in enumerate(bar):
+        fit_s = score_s = None
+        try:
+            if index in invalid:
+                raise invalid[index]
+            start = time.perf_counter()
+            if needs_gradients(candidate):
+                if model is None:
+                    raise TypeError(f"{candidate!r} needs input gradients: give model= and raw data.")
+                options.model_fit(candidate, model, fit_data, own)
+                datasets = {"id": id_val, **oods}
+            else:
+                if candidate._needs_fit():
+                    candidate.fit(plan.view(extracted["fit"], str(index), fit_data))
+                datasets = {key: plan.view(extracted[key], str(index), given[key]) for key in ("id", *oods)}
+            fit_s = time.perf_counter() - start
+            start = time.perf_counter()
+            scores = {name: candidate.score(data).scores for name, data in datasets.items()}
+            score_s = time.perf_counter() - start
+            per_set = {
+                name: bench_metrics((scores["id"], scores[name]), metrics=[metric])[metric] for name in oods
+            }
+            value: float | None = float(np.mean(list(per_set.values())))
+            error = None
+        except Exception as failure:
+            if errors == "raise":
+                raise
+            log.warning("Candidate %s of %r failed: %s", params, detector, describe_error(failure))
+            scores, per_set, value, error = {}, dict.fromkeys(oods), None, describe_error(failure)
+        row: dict[str, Any] = {**params, "rank": None, metric: value}
+        if len(oods) > 1:
+            row.update({f"{metric}:{name}": per_set[name] for name in oods})
+        row.update({"fit_s": fit_s, "score_s": score_s, "error": error})
+        table.append(row)
+        kept_scores.append(scores if keep_scores else {})
+        if value is not None and (best is None or sign * value > sign * best[0]):
+            best = (value, index, candidate)
+        prepared[index] = (params, None, own)  # only the best fitted candidate is kept
+    if best is None:
+        first = next(row["error"] for row in table)
+        raise RuntimeError(f"Every candidate failed; the first error: {first}")
+    _rank(table, metric, sign)
+    best_value, best_index, best_detector = best
+    return TuneResult(
+        best_detector=best_detector,
+        best_params=dict(candidates[best_index]),
+        best_score=best_value,
+        metric=metric,
+        higher_is_better=direction,
+        table=table,
+        scores=kept_scores if keep_scores else None,
+        timings=timings,
+    )
+
+
+def _check_params_took(candidate: Detector, params: Mapping[str, Any]) -> None:
+    """Fail loudly if ``set_params`` left any parameter of the candidate other than it was asked."""
+    current = candidate.get_params(deep=True)
+    for name, value in params.items():
+        if name not in current or current[name] is not value:
+            raise RuntimeError(
+                f"{type(candidate).__name__}.set_params({name}={value!r}) did not take effect "
+                f"(get_params gives {current.get(name, '<missing>')!r}); the search would be meaningless."
+            )
+
+
+def _rank(table: list[dict[str, Any]], metric: str, sign: float) -> None:
+    order = sorted(
+        (index for index, row in enumerate(table) if row[metric] is not None),
+        key=lambda index: (-sign * table[index][metric], index),
+    )
+    for rank, index in enumerate(order, start=1):
+        table[index]["rank"] = rank
