@@ -47,8 +47,10 @@ class ToyConvNet(nn.Sequential):
 
     Modules (names as in ``named_modules()``): ``conv1`` Conv2d(C, 32, 3) -> ``relu1`` -> ``pool1``
     MaxPool2d(2) -> ``conv2`` Conv2d(32, 64, 3) -> ``relu2`` -> ``pool2`` MaxPool2d(2) -> ``flatten`` ->
-    ``dropout`` Dropout(0.5) -> ``head`` Linear(64 * h * w, num_classes), logits. PyTorch's default
-    initialisation.
+    ``dropout`` Dropout(0.5) -> ``head`` Linear(64 * h * w, num_classes), logits. Initialised like the
+    Keras model (Glorot-uniform weights, zero biases), so that both frameworks train the same network: on
+    MNIST[0-4] vs [5-9], PyTorch's default initialisation gave a wider seed-to-seed spread of GEN AUROC
+    (0.85-0.91 over three seeds, against 0.90-0.93).
 
     Parameters
     ----------
@@ -77,6 +79,16 @@ class ToyConvNet(nn.Sequential):
         )
         self.input_shape = (channels, height, width)
         self.num_classes = int(num_classes)
+        _init_like_keras(self)
+
+
+def _init_like_keras(model: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases, as the Keras layers of the seed's model start."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 class ToyMLP(nn.Sequential):
