@@ -204,8 +204,12 @@ def _save_plots(gen_scores: tuple[np.ndarray, np.ndarray], out_dir: Path) -> lis
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, plot in (("gen_scores.png", plot_ood_scores), ("gen_roc.png", plot_roc_curve)):
-        figure = plot(*gen_scores, title=f"GEN ({name[4:-4]})")
+    plots = (
+        ("gen_scores.png", plot_ood_scores, "GEN scores, test digits 0-4 (ID) vs 5-9 (OOD)"),
+        ("gen_roc.png", plot_roc_curve, "GEN ROC curve, digits 0-4 (ID) vs 5-9 (OOD)"),
+    )
+    for name, plot, title in plots:
+        figure = plot(*gen_scores, title=title)
         figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         paths.append(str(out_dir / name))
         import matplotlib.pyplot as plt
