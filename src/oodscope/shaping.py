@@ -163,12 +163,14 @@ def scale(features: np.ndarray, percentile: float = 85.0, eps: float = 1e-12) ->
     return np.multiply(h, _scale_factor(s1, s2, eps, h.dtype, "SCALE"), out=out)
 
 
-def _over_row_blocks(run: Callable[[int, int], None], n_rows: int, n_features: int) -> None:
-    """Call ``run(start, stop)`` over blocks of about a million values, on all cores when there are several
-    blocks (numpy's partition, element-wise and matmul kernels release the GIL)."""
+def _over_row_blocks(run: Callable[[int, int], None], n_rows: int, n_features: int, parallel: bool) -> None:
+    """Call ``run(start, stop)`` over blocks of about a million values; with ``parallel``, on all cores when
+    the input is large enough to pay for the threads (numpy's partition, element-wise and matmul kernels
+    release the GIL). Cheap shapings (a clip) run in the calling thread, where threads only add overhead."""
     block = max(1, (1 << 20) // max(n_features, 1))
     starts = range(0, n_rows, block)
-    n_threads = min(os.cpu_count() or 1, 8, len(starts))
+    large = n_rows * n_features >= (1 << 22)
+    n_threads = min(os.cpu_count() or 1, 8, len(starts)) if parallel and large else 1
     if n_threads <= 1:
         for start in starts:
             run(start, min(start + block, n_rows))
@@ -183,6 +185,7 @@ class _Shaping(Detector):
 
     requires = frozenset({"features", "head"})
     default_layers = (PENULTIMATE,)
+    _parallel = True  # whether the per-block work is heavy enough for threads
 
     def _inner(self) -> Detector:
         detector = Energy() if self.detector is None else self.detector
@@ -219,7 +222,7 @@ class _Shaping(Detector):
             if shaped_all is not None:
                 shaped_all[start:stop] = shaped
 
-        _over_row_blocks(run, len(h), h.shape[1])
+        _over_row_blocks(run, len(h), h.shape[1], self._parallel)
         return Features._unchecked(
             logits=logits,
             layers={} if shaped_all is None else {PENULTIMATE: shaped_all},
@@ -282,6 +285,7 @@ class ReAct(_Shaping):
     """
 
     needs_fit = True
+    _parallel = False
     _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
 
     def __init__(self, detector: Detector | None = None, percentile: float = 90.0) -> None:
