@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
 from oodscope.bench import evaluate  # noqa: E402
+from oodscope.training import toy_convnet  # noqa: E402
 
 BATCH = 128
 
@@ -39,40 +40,16 @@ def ten_detectors() -> list:
 
 def torch_model():
     import torch
-    from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Dropout(0.5),
-        nn.Linear(64 * 5 * 5, 10),
-    )
-    return model, (1, 28, 28)
+    return toy_convnet((1, 28, 28), framework="torch"), (1, 28, 28)
 
 
 def keras_model():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    return model, (28, 28, 1)
+    return toy_convnet((28, 28, 1), framework="keras"), (28, 28, 1)
 
 
 def datasets(n: int, shape: tuple[int, ...]) -> dict[str, np.ndarray]:

@@ -20,26 +20,16 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
+from oodscope.training import toy_convnet  # noqa: E402
 
 BATCH = 128
 
 
 def torch_setup(n: int):
     import torch
-    from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Dropout(0.5),
-        nn.Linear(64 * 5 * 5, 10),
-    ).eval()
+    model = toy_convnet((1, 28, 28), framework="torch").eval()
     x = np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
 
     def bare() -> None:
@@ -54,18 +44,7 @@ def keras_setup(n: int):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    model = toy_convnet((28, 28, 1), framework="keras")
     x = np.random.default_rng(0).random((n, 28, 28, 1), dtype=np.float32)
 
     def bare() -> None:

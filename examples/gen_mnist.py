@@ -55,22 +55,13 @@ def accuracy(model, data, backend: str) -> float:
 
 
 def train(backend: str, data, num_classes: int, epochs: int, seed: int, save_dir: str, validation=None):
-    if backend == "tensorflow":
-        return train_tf_model(
-            data,
-            model="toy_convnet",
-            input_shape=(28, 28, 1),
-            num_classes=num_classes,
-            batch_size=128,
-            epochs=epochs,
-            save_dir=save_dir,
-            validation_data=validation,
-            seed=seed,
-        )
-    return train_torch_model(
+    trainer, input_shape = (
+        (train_tf_model, (28, 28, 1)) if backend == "tensorflow" else (train_torch_model, (1, 28, 28))
+    )
+    return trainer(
         data,
         model="toy_convnet",
-        input_shape=(1, 28, 28),
+        input_shape=input_shape,
         num_classes=num_classes,
         batch_size=128,
         epochs=epochs,

@@ -35,16 +35,10 @@ def _preprocess(*inputs: Any) -> tuple[Any, ...]:
 
 
 def _detectors() -> list[Any]:
-    from . import shaping
+    from .detectors import KNN, ViM
+    from .shaping import ReAct
 
-    detectors = [GEN(), MSP(), MLS(), Energy(), Entropy(), shaping.ReAct(GEN())]
-    try:  # feature-based detectors, when this version has them
-        from .detectors import KNN, ViM
-
-        detectors += [KNN(), ViM()]
-    except ImportError:
-        pass
-    return detectors
+    return [GEN(), MSP(), MLS(), Energy(), Entropy(), ReAct(GEN()), KNN(), ViM()]
 
 
 def run_demo(

@@ -295,6 +295,8 @@ class _LayerwiseDetector(Detector):
 
     requires = frozenset({"features"})
     default_layers = ("penultimate",)
+    #: the constraints of the two shared hyperparameters; methods with more extend this dict
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {"layers": LAYERS, "aggregator": AGGREGATOR}
     layers: Sequence[Hashable] | None
     aggregator: Aggregator | None
 

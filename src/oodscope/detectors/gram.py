@@ -10,7 +10,7 @@ import numpy as np
 
 from .._params import AnyOf, Interval, Options
 from ..features import Features
-from ._layerwise import AGGREGATOR, LAYERS, Aggregator, _LayerwiseDetector, iter_row_blocks
+from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
 from .base import Detector
 
 __all__ = ["Gram", "gram_bounds", "gram_deviation", "gram_postproc", "gram_statistics"]
@@ -213,8 +213,7 @@ class Gram(_LayerwiseDetector):
     _parameter_constraints = {
         "orders": AnyOf(Interval(int, 1, None), Options([None])),
         "quantile": Interval(float, 0, 0.5, closed="left"),
-        "layers": LAYERS,
-        "aggregator": AGGREGATOR,
+        **_LayerwiseDetector._parameter_constraints,
     }
 
     def __init__(

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._params import Interval, Options
 from ..features import Features
-from ._layerwise import AGGREGATOR, LAYERS, Aggregator, _LayerwiseDetector
+from ._layerwise import Aggregator, _LayerwiseDetector
 
 __all__ = ["DKNN", "KNN", "kth_neighbor_distance", "l2_normalize"]
 
@@ -321,12 +321,10 @@ class KNN(_LayerwiseDetector):
     """
 
     requires = frozenset({"features"})
-    default_layers = ("penultimate",)
     _parameter_constraints = {
         "k": Interval(int, 1, None),
         "backend": Options(BACKENDS),
-        "layers": LAYERS,
-        "aggregator": AGGREGATOR,
+        **_LayerwiseDetector._parameter_constraints,
     }
 
     def __init__(

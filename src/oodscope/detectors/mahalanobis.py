@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..features import Features
-from ._layerwise import AGGREGATOR, LAYERS, Aggregator, _LayerwiseDetector, iter_row_blocks, map_row_blocks
+from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks, map_row_blocks
 
 __all__ = ["Mahalanobis", "class_statistics", "mahalanobis_distances", "whitening"]
 
@@ -126,8 +126,6 @@ class Mahalanobis(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "labels"})
-    default_layers = ("penultimate",)
-    _parameter_constraints = {"layers": LAYERS, "aggregator": AGGREGATOR}
 
     def __init__(
         self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from ..features import Features
-from ._layerwise import AGGREGATOR, LAYERS, Aggregator, _LayerwiseDetector
+from ._layerwise import Aggregator, _LayerwiseDetector
 from .mahalanobis import class_statistics, mahalanobis_distances, whitening
 
 __all__ = ["RMDS"]
@@ -66,8 +66,6 @@ class RMDS(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "labels"})
-    default_layers = ("penultimate",)
-    _parameter_constraints = {"layers": LAYERS, "aggregator": AGGREGATOR}
 
     def __init__(
         self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None

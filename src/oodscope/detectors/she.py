@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..features import Features
-from ._layerwise import AGGREGATOR, LAYERS, Aggregator, _LayerwiseDetector, iter_row_blocks
+from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
 
 __all__ = ["SHE", "she_patterns", "she_score"]
 
@@ -121,8 +121,6 @@ class SHE(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "logits", "labels"})
-    default_layers = ("penultimate",)
-    _parameter_constraints = {"layers": LAYERS, "aggregator": AGGREGATOR}
 
     def __init__(
         self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None
