@@ -559,3 +559,55 @@ def test_backend_is_picked_for_keras_models(models):
     assert KerasBackend.framework == "keras" and KerasBackend.channels_last is True
     with pytest.raises(TypeError, match="keras.Model"):
         KerasBackend(object())
+
+
+# --- the compiled pass is kept per model --------------------------------------------------------------------
+
+
+def traces(backend: KerasBackend) -> int:
+    return sum(function.experimental_get_tracing_count() for function in backend._compiled.values())
+
+
+def test_passes_over_the_same_model_and_layers_reuse_one_compiled_function(models, x):
+    from oodscope import extract
+
+    model = models["functional"]
+    first = KerasBackend.for_pass(model, ["penultimate"])
+    assert KerasBackend.for_pass(model, ["penultimate"]) is first
+    assert KerasBackend.for_pass(model, ["penultimate", "conv1"]) is not first
+    for batch_size in (7, 32):
+        extract(model, x, ["penultimate"], batch_size=batch_size, progress=False)
+    assert KerasBackend.for_pass(model, ["penultimate"]) is first and traces(first) == 1
+    cached = extract(model, x, ["penultimate"], progress=False)
+    np.testing.assert_array_equal(cached.layer("penultimate"), penultimate_reference(model, x))
+
+
+def test_the_cache_does_not_keep_a_model_alive(x):
+    import gc
+    import weakref
+
+    from oodscope import extract
+
+    cases = ((lambda: functional(toy_convnet_layers()), ["penultimate"]), (built_subclassed, None))
+    for build, layers in cases:
+        model = build()
+        extract(model, x, layers, progress=False)
+        extract(model, x[:5], layers, progress=False)
+        assert len(keras_backend._CACHE[model]) == 1
+        ref = weakref.ref(model)
+        del model
+        gc.collect()
+        assert ref() is None
+
+
+def test_a_sequential_model_that_gains_or_loses_layers_is_rebuilt(x):
+    model = keras.Sequential([keras.Input((28, 28, 1)), L.Flatten(), L.Dense(6, name="d6"), L.Dense(4)])
+    backend = KerasBackend.for_pass(model)
+    assert backend.run_batch(x)[0].shape == (32, 4)
+    model.pop()
+    assert KerasBackend.for_pass(model).run_batch(x)[0].shape == (32, 6)
+    model.add(L.Dense(3))
+    rebuilt = KerasBackend.for_pass(model)
+    assert rebuilt is not backend and rebuilt.run_batch(x)[0].shape == (32, 3)
+    keras_backend.clear_cache()
+    assert KerasBackend.for_pass(model) is not rebuilt

@@ -154,3 +154,38 @@ def test_fast_percentile_float32_matches_numpy_closely():
 
     values = np.maximum(np.random.default_rng(7).normal(size=(3000, 1500)), 0).astype(np.float32)
     assert percentile(values, 90) == pytest.approx(float(np.percentile(values, 90)), rel=1e-6)
+
+
+def test_shapings_inside_sharing_give_the_same_scores_and_share_their_work(monkeypatch):
+    from oodscope import shaping
+
+    rng = np.random.default_rng(3)
+    # large enough for the threaded blocks; float32, as models give
+    h = np.maximum(rng.normal(0.2, 1.0, (2700, 1600)), 0).astype(np.float32)
+    w, b = rng.normal(size=(10, 1600)).astype(np.float32) * 0.05, np.zeros(10, np.float32)
+    fit = Features(layers={"penultimate": h[:1200]}, head_weight=w, head_bias=b)
+    test = Features(layers={"penultimate": h}, head_weight=w, head_bias=b)
+    detectors = [ReAct(), ReAct(GEN()), ASH(), ASH(percentile=65), SCALE(), SCALE(percentile=60)]
+    alone = [det.fit(fit).score(test).scores for det in detectors]
+
+    calls = {"shape": 0, "percentile": 0, "sort": 0}
+    shape_logits, percentile, sort = shaping._Shaping._shape_logits, shaping.percentile, np.sort
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(shaping._Shaping, "_shape_logits", counting("shape", shape_logits))
+    monkeypatch.setattr(shaping, "percentile", counting("percentile", percentile))
+    monkeypatch.setattr(shaping.np, "sort", counting("sort", sort))
+    with shaping.sharing():
+        shared = [det.fit(fit).score(test).scores for det in detectors]
+    for one, other in zip(alone, shared, strict=True):
+        np.testing.assert_allclose(other, one, rtol=1e-12)
+    assert calls["percentile"] == 1, "both ReActs clip at the same fit percentile"
+    assert calls["shape"] == 5, "ReAct() and ReAct(GEN()) share their recomputed logits"
+    assert calls["sort"] == -(-len(h) // (2**18 // 1600)), "one sort per block serves every ASH and SCALE"
+    assert shaping._MEMO.get(None) is None, "nothing is kept after the block"

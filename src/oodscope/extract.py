@@ -87,7 +87,7 @@ def model_pass(
     """
     from tqdm.auto import tqdm
 
-    runner = get_backend(model)(model, list(layer_ids), head_layer_id)
+    runner = get_backend(model).for_pass(model, list(layer_ids), head_layer_id)
     batches = iter_batches(data, batch_size, input_key, label_key)
     bar = tqdm(
         batches,

@@ -64,6 +64,12 @@ class Backend:
     def __init__(self, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def for_pass(cls, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> Backend:
+        """A backend for one pass of ``model``; a backend may hand back one it built before for the same
+        model, layers and head (the Keras backend does, to keep its compiled function)."""
+        return cls(model, layer_ids, head_layer_id)
+
     def __enter__(self) -> Backend:
         return self
 

@@ -16,7 +16,9 @@ Rules, in short (details in :class:`KerasBackend`):
 
 from __future__ import annotations
 
+import operator
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -31,9 +33,24 @@ from oodscope.backends import (
     layer_not_found,
 )
 
-__all__ = ["KerasBackend"]
+__all__ = ["KerasBackend", "clear_cache"]
 
 _UNSET = object()
+
+#: model -> {(layer ids, head id): KerasBackend}; weak keys, so an entry goes with its model
+_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, Any], KerasBackend]] = weakref.WeakKeyDictionary()
+
+
+def clear_cache() -> None:
+    """Forget the compiled passes kept by :meth:`KerasBackend.for_pass`; they are rebuilt when needed."""
+    _CACHE.clear()
+
+
+def _hashable(layer_id: Any) -> Any:
+    value = int(layer_id) if _is_integer(layer_id) else layer_id
+    hash(value)  # TypeError for an unhashable id
+    return (type(value).__name__, value)  # 1 and True stay apart
+
 
 #: where a functional model keeps the calls of its layers (one Node per call); read only
 _NODES_BY_DEPTH = "_nodes_by_depth"
@@ -136,9 +153,11 @@ class KerasBackend(Backend):
             raise TypeError(
                 f"layer_ids must be a sequence of layer ids, e.g. [{layer_ids!r}]; got {layer_ids!r}."
             )
-        self.model = model
+        # Held weakly, so that a cached backend (see `for_pass`) does not keep the model alive; nothing built
+        # here (the sub-model, the layers, the compiled functions) refers back to the model.
+        self._model = weakref.ref(model)
         self.layer_ids = list(layer_ids)
-        self._graph = _graph_of(model)
+        graph = _graph_of(model)
         self._names = [layer.name for layer in model.layers]
         self._tensorflow = keras.backend.backend() == "tensorflow"
 
@@ -146,13 +165,49 @@ class KerasBackend(Backend):
         self._head = head
         self._dense = None  # the Dense whose kernel/bias give the logits, when the logits are linear in it
         self._matmul_head = None  # a Dense head whose activation the logits leave out
-        if self._graph is None:
+        if graph is None:
             self._init_graphless(head)
         else:
-            self._init_graph(head)
-        self._checked_output = self._graph is not None
+            self._init_graph(head, graph)
+        self._checked_output = graph is not None
+        self._inputs = None if graph is None else list(graph.inputs)
+        self._graph = None if graph is None else weakref.ref(graph)  # see `_matches`
+        self._layers = tuple(model.layers)
         self._compiled: dict[tuple[str, bool], Any] = {}
         self._spec: Any = _UNSET
+
+    @property
+    def model(self) -> Any:
+        """The user's model."""
+        return self._model()
+
+    @classmethod
+    def for_pass(cls, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> Backend:
+        """A backend for one pass; the one built for the same model, layers and head is reused.
+
+        Building the sub-model and tracing its ``tf.function`` costs far more than a small batch, so, as
+        Keras does with ``model.predict``, the compiled pass is kept (while the model lives) and reused by
+        every later ``extract`` / ``score`` over that model. A Sequential model that gained or lost layers
+        since is noticed and rebuilt. Edits Keras cannot see (replacing a layer's ``activation`` attribute
+        after a first pass) are not: call :func:`clear_cache` after them.
+        """
+        try:
+            key = (tuple(_hashable(layer_id) for layer_id in layer_ids), _hashable(head_layer_id))
+            cached = _CACHE.setdefault(model, {})
+        except TypeError:  # an unhashable id (rejected with a clear message below) or model
+            return cls(model, layer_ids, head_layer_id)
+        backend = cached.get(key)
+        if backend is None or not backend._matches(model):
+            backend = cached[key] = cls(model, layer_ids, head_layer_id)
+        return backend
+
+    def _matches(self, model: Any) -> bool:
+        """Whether ``model`` still has the layers (and graph) this backend was built on."""
+        graph = _graph_of(model)
+        same_graph = graph is None if self._graph is None else graph is self._graph()
+        layers = model.layers
+        same_layers = len(layers) == len(self._layers) and all(map(operator.is_, layers, self._layers))
+        return same_graph and same_layers
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -188,15 +243,15 @@ class KerasBackend(Backend):
             f"model.layers, e.g. -2 (negative indices count from the end).{first}"
         )
 
-    def _init_graph(self, head: Any) -> None:
-        head_node = self._node(head)
+    def _init_graph(self, head: Any, graph: Any) -> None:
+        head_node = _node(graph, head)
         if _is_activation_layer(head):
             logits_tensor = _single_input(head_node, head)
             producer = logits_tensor._keras_history.operation
             self._linear = producer if isinstance(producer, keras.layers.Layer) else None
             penultimate = None
             if self._linear is not None and not isinstance(self._linear, keras.layers.InputLayer):
-                penultimate = _single_input(self._node(self._linear), self._linear, required=False)
+                penultimate = _single_input(_node(graph, self._linear), self._linear, required=False)
             if isinstance(self._linear, keras.layers.Dense) and _is_linear(self._linear.activation):
                 self._dense = self._linear
         else:
@@ -247,9 +302,9 @@ class KerasBackend(Backend):
                 tensor = penultimate
             else:
                 layer = self._resolve(layer_id, role="layer id")
-                tensor = _single_output(self._node(layer), layer)
+                tensor = _single_output(_node(graph, layer), layer)
             self._layer_slots[layer_id] = slot(tensor)
-        self._submodel = keras.Model(self._graph.input, tensors, name=f"{self.model.name}_oodscope")
+        self._submodel = keras.Model(graph.input, tensors, name=f"{self.model.name}_oodscope")
 
     def _init_graphless(self, head: Any) -> None:
         if self.layer_ids:
@@ -271,19 +326,6 @@ class KerasBackend(Backend):
         self._submodel = None
         self._layer_slots = {}
         self._flatten_logits = False
-
-    def _node(self, layer: Any) -> Any:
-        """The call of ``layer`` inside this model's graph (a layer may also be called in other models)."""
-        by_depth = getattr(self._graph, _NODES_BY_DEPTH, None)
-        if by_depth is None:  # public fallback: the first call of the layer
-            return _PublicNode(layer)
-        nodes = [node for nodes in by_depth.values() for node in nodes if node.operation is layer]
-        if len(nodes) != 1:
-            raise ValueError(
-                f"Layer {layer.name!r} is called {len(nodes)} times in the model, so its activation is "
-                "ambiguous; request a layer that is called once (e.g. the one after it)."
-            )
-        return nodes[0]
 
     # --- forward passes ----------------------------------------------------------------------------------
 
@@ -351,21 +393,21 @@ class KerasBackend(Backend):
         return self._compiled[key](x, *args)
 
     def _input_spec(self) -> Any:
-        if self._graph is None or len(self._graph.inputs) != 1:
+        if self._inputs is None or len(self._inputs) != 1:
             return None
         import tensorflow as tf
 
-        symbolic = self._graph.inputs[0]
+        symbolic = self._inputs[0]
         return tf.TensorSpec((None, *symbolic.shape[1:]), symbolic.dtype)
 
     def _convert(self, x: Any) -> Any:
-        if self._graph is None:
+        if self._inputs is None:
             tensor = keras.ops.convert_to_tensor(x)
             dtype = getattr(self.model, "input_dtype", None)
             if dtype and _is_float(tensor) and keras.backend.standardize_dtype(tensor.dtype) != dtype:
                 tensor = keras.ops.cast(tensor, dtype)
             return tensor
-        inputs = self._graph.inputs
+        inputs = self._inputs
         if len(inputs) == 1 and not isinstance(x, (list, tuple, dict)):
             return keras.ops.convert_to_tensor(x, dtype=inputs[0].dtype)
         return keras.tree.map_structure(keras.ops.convert_to_tensor, x)
@@ -496,6 +538,20 @@ def _graph_of(model: Any) -> Any:
             "(or train or load it) first."
         )
     return None
+
+
+def _node(graph: Any, layer: Any) -> Any:
+    """The call of ``layer`` inside ``graph`` (a layer may also be called in other models)."""
+    by_depth = getattr(graph, _NODES_BY_DEPTH, None)
+    if by_depth is None:  # public fallback: the first call of the layer
+        return _PublicNode(layer)
+    nodes = [node for nodes in by_depth.values() for node in nodes if node.operation is layer]
+    if len(nodes) != 1:
+        raise ValueError(
+            f"Layer {layer.name!r} is called {len(nodes)} times in the model, so its activation is "
+            "ambiguous; request a layer that is called once (e.g. the one after it)."
+        )
+    return nodes[0]
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:

@@ -95,7 +95,7 @@ def unreachable_layers(
 
     backend = get_backend(model)
     try:
-        backend(model, list(layers), head_layer_id)
+        backend.for_pass(model, list(layers), head_layer_id)
         return {}
     except (KeyError, ValueError, TypeError):
         backend(model, [], head_layer_id)  # raises if the head itself is the problem
@@ -305,6 +305,10 @@ class ExtractionPlan:
         )
         self._done.append((data, result))
         return result
+
+    def forget(self, data: Any) -> None:
+        """Drop the features kept for ``data`` (see :meth:`features`)."""
+        self._done = [(done, features) for done, features in self._done if done is not data]
 
     def view(self, features: Features, name: str, given: Any) -> Features:
         """What detector ``name`` sees of extracted ``features``: its own layers, post-processed its way.

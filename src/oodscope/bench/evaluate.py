@@ -17,6 +17,7 @@ import numpy as np
 from ..detectors.base import Detector, clone
 from ..features import Features
 from ..metrics import bench_metrics
+from ..shaping import sharing
 from ._common import (
     ExtractionPlan,
     PassOptions,
@@ -220,55 +221,71 @@ def evaluate(
     live = [name for name in cached if name not in run.failed]
     for name in live:
         plan.add(name, cached[name], layers[name])
+        run.timings["fit"][name] = 0.0  # stays 0 for detectors that learn nothing
     given = {"fit": fit_data, "id": id_data, **oods}
+    # the fit data only when a detector learns from it, the OOD sets only when a detector uses them; the ID
+    # data always, for the model's accuracy
+    wanted = {"fit": any(cached[name]._needs_fit() for name in live), "id": True}
+    wanted.update({key: bool(live) for key in oods})
+    own_pass = [name for name in detectors_ if name not in cached and name not in run.failed]
     bar = tqdm(
-        total=2 + len(oods) + len(detectors_),
+        total=len(given) + (sum(wanted.values()) if live else 0) + len(own_pass),
         desc="evaluate",
         unit="step",
         disable=progress is False,
         delay=0 if progress else 2.0,
         leave=False,
     )
-    with bar:
-        extracted: dict[str, Features] = {}
-        wanted = {"fit": any(cached[name]._needs_fit() for name in live), "id": True}
-        for key, data in given.items():
-            bar.set_postfix_str(f"extract {key}", refresh=False)
-            # the fit data only when a detector learns from it, the OOD sets only when a detector uses them;
-            # the ID data always, for the model's accuracy
-            if wanted.get(key, bool(live)):
-                label = key if key in ("fit", "id") else f"ood:{key}"
-                extracted[key] = plan.features(label, data, run.timings["extract"])
-            bar.update()
 
-        for name, det in detectors_.items():
-            bar.set_postfix_str(name, refresh=False)
-            if name in run.failed:
-                pass
-            elif name in cached:
-                views = {
-                    key: plan.view(extracted[key], name, given[key])
-                    for key in given
-                    if key in extracted and (key != "fit" or det._needs_fit())
-                }
-                fit_view = views.get("fit")
-                run.fit_and_score(
-                    name,
-                    det,
-                    fit=(lambda d, fit_view=fit_view: d.fit(fit_view)) if det._needs_fit() else None,
-                    datasets={key: views[key] for key in ("id", *oods)},
-                )
-            else:
-                run.fit_and_score(
-                    name,
-                    det,
-                    fit=lambda d, own=layers[name]: options.model_fit(d, model, fit_data, own),
-                    datasets={"id": id_data, **oods},
-                )
+    # within a dataset, shaping detectors share their work (one sort of the activations for all of ASH and
+    # SCALE, one clip for equal ReActs); the memory it takes is freed after each dataset
+    def fit_all(features: Features) -> None:
+        with sharing():
+            for name in live:
+                det = cached[name]
+                if det._needs_fit() and name not in run.failed:
+                    view = plan.view(features, name, fit_data)
+                    run.fit(name, det, lambda d, view=view: d.fit(view))
+        bar.update()
+
+    def score_all(key: str, features: Features) -> None:
+        with sharing():
+            for name in live:
+                if name not in run.failed:
+                    run.score(name, cached[name], key, plan.view(features, name, given[key]))
+        bar.update()
+
+    # Each dataset is scored right after its pass, and its layer activations are then dropped (unless the
+    # same data comes again), so that memory holds one dataset's activations at a time. (Scoring on a
+    # worker thread during the next pass was measured slower on 2 cores: the framework's own thread pool
+    # then competes for the cores.)
+    outputs: dict[str, Features] = {}  # logits and labels only
+    with bar:
+        for index, (key, data) in enumerate(given.items()):
+            if wanted[key]:
+                bar.set_postfix_str(f"extract {key}", refresh=False)
+                label = key if key in ("fit", "id") else f"ood:{key}"
+                features = plan.features(label, data, run.timings["extract"])
+                if key == "fit":
+                    fit_all(features)
+                elif live:
+                    score_all(key, features)
+                outputs[key] = Features._unchecked(logits=features.logits, labels=features.labels)
+                if not any(later is data for later in list(given.values())[index + 1 :]):
+                    plan.forget(data)
+                del features
             bar.update()
-    id_features = extracted["id"]
-    fit_features = extracted.get("fit")
-    ood_features = {key: extracted[key] for key in oods if key in extracted}
+        for name in own_pass:  # input-gradient methods: their own passes, one model user at a time
+            det = detectors_[name]
+            bar.set_postfix_str(name, refresh=False)
+            run.fit(name, det, lambda d, own=layers[name]: options.model_fit(d, model, fit_data, own))
+            for key in ("id", *oods):
+                if name not in run.failed:
+                    run.score(name, det, key, given[key])
+            bar.update()
+    id_features = outputs["id"]
+    fit_features = outputs.get("fit")
+    ood_features = {key: outputs[key] for key in oods if key in outputs}
 
     metric_rows = _metric_rows(run, detectors_, list(oods), groups, metrics)
     run.timings["total"] = time.perf_counter() - started
@@ -314,32 +331,28 @@ class _Run:
             {"detector": name, "stage": stage, "dataset": dataset, "error": describe_error(error)}
         )
 
-    def fit_and_score(self, name: str, det: Detector, fit: Any, datasets: dict[str, Any]) -> None:
+    def fit(self, name: str, det: Detector, fit: Any) -> None:
         start = time.perf_counter()
         try:
-            if fit is not None:
-                fit(det)
+            fit(det)
         except Exception as error:  # a detector's failure is recorded, not fatal (unless errors="raise")
             self.fail(name, "fit", None, error)
-            return
         finally:
             self.timings["fit"][name] = time.perf_counter() - start
+
+    def score(self, name: str, det: Detector, dataset: str, data: Any) -> None:
         start = time.perf_counter()
         try:
-            for dataset, data in datasets.items():
-                try:
-                    scores = det.score(data).scores
-                except Exception as error:
-                    self.fail(name, "score", dataset, error)
-                    if dataset == "id":
-                        return
-                    continue
-                if dataset == "id":
-                    self.id_scores[name] = scores
-                else:
-                    self.ood_scores.setdefault(name, {})[dataset] = scores
+            scores = det.score(data).scores
+        except Exception as error:
+            self.fail(name, "score", dataset, error)
+            return
         finally:
-            self.timings["score"][name] = time.perf_counter() - start
+            self.timings["score"][name] = self.timings["score"].get(name, 0.0) + time.perf_counter() - start
+        if dataset == "id":
+            self.id_scores[name] = scores
+        else:
+            self.ood_scores.setdefault(name, {})[dataset] = scores
 
 
 def _who(name: str, detector: Detector) -> str:

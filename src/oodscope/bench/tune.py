@@ -20,6 +20,7 @@ from .._table import markdown_table
 from ..detectors.base import Detector, clone
 from ..features import Features
 from ..metrics import bench_metrics
+from ..shaping import sharing
 from ._common import (
     ExtractionPlan,
     PassOptions,
@@ -249,44 +250,48 @@ def tune(
         delay=0 if progress else 2.0,
         leave=False,
     )
-    for index, (params, candidate, own) in enumerate(bar):
-        fit_s = score_s = None
-        try:
-            if index in invalid:
-                raise invalid[index]
-            start = time.perf_counter()
-            if needs_gradients(candidate):
-                if model is None:
-                    raise TypeError(f"{candidate!r} needs input gradients: give model= and raw data.")
-                options.model_fit(candidate, model, fit_data, own)
-                datasets = {"id": id_val, **oods}
-            else:
-                if candidate._needs_fit():
-                    candidate.fit(plan.view(extracted["fit"], str(index), fit_data))
-                datasets = {key: plan.view(extracted[key], str(index), given[key]) for key in ("id", *oods)}
-            fit_s = time.perf_counter() - start
-            start = time.perf_counter()
-            scores = {name: candidate.score(data).scores for name, data in datasets.items()}
-            score_s = time.perf_counter() - start
-            per_set = {
-                name: bench_metrics((scores["id"], scores[name]), metrics=[metric])[metric] for name in oods
-            }
-            value: float | None = float(np.mean(list(per_set.values())))
-            error = None
-        except Exception as failure:
-            if errors == "raise":
-                raise
-            log.warning("Candidate %s of %r failed: %s", params, detector, describe_error(failure))
-            scores, per_set, value, error = {}, dict.fromkeys(oods), None, describe_error(failure)
-        row: dict[str, Any] = {**params, "rank": None, metric: value}
-        if len(oods) > 1:
-            row.update({f"{metric}:{name}": per_set[name] for name in oods})
-        row.update({"fit_s": fit_s, "score_s": score_s, "error": error})
-        table.append(row)
-        kept_scores.append(scores if keep_scores else {})
-        if value is not None and (best is None or sign * value > sign * best[0]):
-            best = (value, index, candidate)
-        prepared[index] = (params, None, own)  # only the best fitted candidate is kept
+    with sharing():  # candidates share shaping work (e.g. one sort serves every ASH percentile)
+        for index, (params, candidate, own) in enumerate(bar):
+            fit_s = score_s = None
+            try:
+                if index in invalid:
+                    raise invalid[index]
+                start = time.perf_counter()
+                if needs_gradients(candidate):
+                    if model is None:
+                        raise TypeError(f"{candidate!r} needs input gradients: give model= and raw data.")
+                    options.model_fit(candidate, model, fit_data, own)
+                    datasets = {"id": id_val, **oods}
+                else:
+                    if candidate._needs_fit():
+                        candidate.fit(plan.view(extracted["fit"], str(index), fit_data))
+                    datasets = {
+                        key: plan.view(extracted[key], str(index), given[key]) for key in ("id", *oods)
+                    }
+                fit_s = time.perf_counter() - start
+                start = time.perf_counter()
+                scores = {name: candidate.score(data).scores for name, data in datasets.items()}
+                score_s = time.perf_counter() - start
+                per_set = {
+                    name: bench_metrics((scores["id"], scores[name]), metrics=[metric])[metric]
+                    for name in oods
+                }
+                value: float | None = float(np.mean(list(per_set.values())))
+                error = None
+            except Exception as failure:
+                if errors == "raise":
+                    raise
+                log.warning("Candidate %s of %r failed: %s", params, detector, describe_error(failure))
+                scores, per_set, value, error = {}, dict.fromkeys(oods), None, describe_error(failure)
+            row: dict[str, Any] = {**params, "rank": None, metric: value}
+            if len(oods) > 1:
+                row.update({f"{metric}:{name}": per_set[name] for name in oods})
+            row.update({"fit_s": fit_s, "score_s": score_s, "error": error})
+            table.append(row)
+            kept_scores.append(scores if keep_scores else {})
+            if value is not None and (best is None or sign * value > sign * best[0]):
+                best = (value, index, candidate)
+            prepared[index] = (params, None, own)  # only the best fitted candidate is kept
     if best is None:
         first = next(row["error"] for row in table)
         raise RuntimeError(f"Every candidate failed; the first error: {first}")

@@ -54,14 +54,21 @@ def log_one_minus_softmax(z: np.ndarray) -> np.ndarray:
 
     Exact where ``p_j`` is close to 1 (where ``log1p(-p)`` would return -inf); -inf for a single class.
     """
+    return log_softmax_pair(z)[1]
+
+
+def log_softmax_pair(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(log_softmax(z), log_one_minus_softmax(z))``, sharing their work."""
     n, c = z.shape
-    lse = logsumexp(z)
+    m, rest = _max_and_log1p_rest(z)
+    lse = np.where(np.isfinite(m), m + rest, m)
+    log_p = (z - m[:, None]) - rest[:, None]
     with np.errstate(divide="ignore"):
-        out = np.log1p(-np.exp(log_softmax(z)))
+        out = np.log1p(-np.exp(log_p))
     # Only the largest class can hold p > 1/2, where log1p(-p) loses precision: recompute it exactly.
     top = np.argmax(z, axis=1)
     rows = np.arange(n)
     others = z.copy()
     others[rows, top] = -np.inf
     out[rows, top] = logsumexp(others) - lse if c > 1 else -np.inf
-    return out
+    return log_p, out

@@ -18,6 +18,7 @@ state reset, the result type -- lives here, so each method file holds only what 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from typing import Any, ClassVar, NamedTuple
@@ -288,6 +289,10 @@ class Detector:
 
     @classmethod
     def _param_names(cls) -> list[str]:
+        return list(_init_parameters(cls))
+
+    @classmethod
+    def _signature_names(cls) -> tuple[str, ...]:
         signature = inspect.signature(cls.__init__)
         names = []
         for name, parameter in signature.parameters.items():
@@ -296,7 +301,7 @@ class Detector:
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword hyperparameters only.")
             names.append(name)
-        return names
+        return tuple(names)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The hyperparameters, as passed to ``__init__``."""
@@ -398,3 +403,9 @@ def clone(detector: Detector) -> Detector:
             for name, value in params.items()
         }
     )
+
+
+@functools.cache
+def _init_parameters(cls: type[Detector]) -> tuple[str, ...]:
+    """A detector class's hyperparameter names, read once from its ``__init__`` signature."""
+    return cls._signature_names()

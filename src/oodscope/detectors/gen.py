@@ -8,7 +8,7 @@ import numpy as np
 
 from .._params import Interval, validate_params
 from ..features import Features
-from ._logits import as_logits, log_one_minus_softmax, log_softmax
+from ._logits import as_logits, log_softmax_pair
 from .base import Detector
 
 _CONSTRAINTS = {"gamma": Interval(float, 0, None, closed="neither"), "k": Interval(int, 1, None)}
@@ -26,7 +26,8 @@ def gen_score(logits: Any, gamma: float = 0.1, k: int = 100) -> np.ndarray:
     """
     validate_params("gen_score", {"gamma": gamma, "k": k}, _CONSTRAINTS)
     z = as_logits(logits)
-    log_terms = gamma * (log_softmax(z) + log_one_minus_softmax(z))
+    log_p, log_1mp = log_softmax_pair(z)
+    log_terms = gamma * (log_p + log_1mp)
     if k < z.shape[1]:
         top_k = np.argpartition(-z, k - 1, axis=1)[:, :k]
         log_terms = np.take_along_axis(log_terms, top_k, axis=1)
