@@ -197,3 +197,21 @@ def test_features_have_no_forward_pass_arguments():
     feats = Features(logits=np.zeros((2, 2)))
     with pytest.raises(TypeError, match="takes no fit_data"):
         GEN().fit(feats, feats)
+
+
+def test_batches_are_gathered_in_place_and_fall_back_to_concatenation():
+    from oodscope.extract import _Columns
+
+    batches = [np.arange(6.0).reshape(3, 2), np.arange(6.0, 12.0).reshape(3, 2)]
+    expected = np.arange(12.0).reshape(6, 2)
+    for rows in (6, None, 4, 10):  # exact, unknown, too few (falls back), too many (trimmed copy)
+        columns = _Columns(rows)
+        for batch in batches:
+            columns.add(batch)
+        result = columns.result()
+        np.testing.assert_array_equal(result, expected)
+        assert result.base is None, "the result owns its memory"
+    columns = _Columns(6)
+    columns.add(np.zeros((3, 2), np.float32))
+    columns.add(np.ones((3, 2), np.float64))  # another dtype: concatenated, with numpy's promotion
+    assert columns.result().dtype == np.float64

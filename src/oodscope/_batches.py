@@ -112,18 +112,26 @@ def _slices(inputs: Any, labels: Any, batch_size: int) -> Iterator[tuple[Any, An
         yield inputs[start:stop], (None if labels is None else labels[start:stop])
 
 
+def count_rows(data: Any) -> int | None:
+    """Number of samples in data that ``iter_batches`` batches itself, when known without iterating."""
+    if is_array_like(data):
+        return len(data)
+    if isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data):
+        return len(data[0])
+    if isinstance(data, Mapping):
+        first = next(iter(data.values()), None)
+        return None if first is None else len(first)
+    if _is_torch_map_dataset(data):
+        return len(data)
+    return None
+
+
 def count_batches(data: Any, batch_size: int) -> int | None:
     """Number of batches ``iter_batches`` will yield, when it is known without iterating."""
     check_batch_size(batch_size)
-    if is_array_like(data):
-        return -(-len(data) // batch_size)
-    if isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data):
-        return -(-len(data[0]) // batch_size)
-    if isinstance(data, Mapping):
-        first = next(iter(data.values()), None)
-        return None if first is None else -(-len(first) // batch_size)
-    if _is_torch_map_dataset(data):
-        return -(-len(data) // batch_size)
+    rows = count_rows(data)
+    if rows is not None:
+        return -(-rows // batch_size)
     try:
         n = len(data)
     except TypeError:

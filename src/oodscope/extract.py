@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._batches import count_batches, iter_batches
+from ._batches import count_batches, count_rows, iter_batches
 from .backends import Backend, HeadNotLinearError, get_backend
 from .features import Features
 
@@ -106,15 +106,40 @@ def model_pass(
 
 
 class _Columns:
-    """Per-batch arrays of one output, concatenated once at the end (no quadratic copying)."""
+    """Per-batch arrays of one output gathered into one array, without quadratic copying.
 
-    def __init__(self) -> None:
+    When the number of rows is known, each batch is copied straight into an array of that size (one copy,
+    and each batch's array is freed at once: half the peak memory); otherwise, or when the batches turn out
+    not to fit, the batches are concatenated once at the end.
+    """
+
+    def __init__(self, rows: int | None = None) -> None:
+        self.rows = rows
         self.parts: list[np.ndarray] = []
+        self.out: np.ndarray | None = None
+        self.filled = 0
 
     def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values)
+        if self.rows is not None and self.out is None and not self.parts:
+            self.out = np.empty((self.rows, *values.shape[1:]), dtype=values.dtype)
+        if self.out is not None:
+            stop = self.filled + len(values)
+            if (
+                stop <= len(self.out)
+                and values.shape[1:] == self.out.shape[1:]
+                and values.dtype == self.out.dtype
+            ):
+                self.out[self.filled : stop] = values
+                self.filled = stop
+                return
+            self.parts.append(self.out[: self.filled])  # not as expected: concatenate at the end instead
+            self.out = None
         self.parts.append(values)
 
     def result(self) -> np.ndarray:
+        if self.out is not None:
+            return self.out if self.filled == len(self.out) else self.out[: self.filled].copy()
         return np.concatenate(self.parts, axis=0)
 
 
@@ -169,8 +194,9 @@ def extract(
     """
     layer_ids = _layer_list(feature_layers_id)
     postproc = _postproc_map(postproc_fns, layer_ids)
-    logits, labels = _Columns(), _Columns()
-    layers = {layer_id: _Columns() for layer_id in layer_ids}
+    rows = count_rows(data)
+    logits, labels = _Columns(rows), _Columns(rows)
+    layers = {layer_id: _Columns(rows) for layer_id in layer_ids}
     batches_with_labels = batches = 0
     with model_pass(
         model,
