@@ -1,8 +1,9 @@
 """Cost of ``oodscope.bench.evaluate`` with ten detectors, relative to one extraction pass over the same data.
 
 A toy convnet (Conv32-Pool-Conv64-Pool-Flatten-Dropout-Dense10) on random 28x28 inputs: a fit set, an ID set
-and two OOD sets of ``--n`` samples each, batches of 128. Side by side in one run (interleaved, best of
-``--repeats``):
+and two OOD sets of ``--n`` samples each, batches of 128. Side by side in one run, in ``--repeats``
+interleaved rounds (best times over the rounds; each ratio is the median over rounds of the ratio within a
+round, which cancels the machine's drifting speed):
 
 - ``extract``: one :func:`oodscope.extract` pass (logits, penultimate layer, head weights) over each of the
   four datasets -- the passes ``evaluate`` cannot avoid;
@@ -14,7 +15,7 @@ and two OOD sets of ``--n`` samples each, batches of 128. Side by side in one ru
 - ``separately`` (context, with ``--separately``): each detector's own ``fit(model, fit)`` and
   ``score(data)``, i.e. a pass per detector and dataset.
 
-Run: python benchmarks/bench_evaluate.py [--n 3000] [--repeats 3] [--frameworks torch keras] [--separately]
+Run: python benchmarks/bench_evaluate.py [--n 3000] [--repeats 5] [--frameworks torch keras] [--separately]
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def bench(framework: str, n: int, repeats: int, with_separately: bool) -> str:
     for _ in range(repeats):  # interleaved, so that machine noise hits both alike
         t_pass.append(timed(one_pass))
         t_eval.append(timed(run_evaluate))
-    pass_s, eval_s = min(t_pass), min(t_eval)
-    inside = min(r.timings["total"] / sum(r.timings["extract"].values()) for r in reports)
-    line = f"{framework:<10} {pass_s:>8.3f}s {eval_s:>8.3f}s {eval_s / pass_s:>7.3f} {inside:>7.3f}"
+    ratio = float(np.median(np.array(t_eval) / np.array(t_pass)))
+    inside = float(np.median([r.timings["total"] / sum(r.timings["extract"].values()) for r in reports]))
+    line = f"{framework:<10} {min(t_pass):>8.3f}s {min(t_eval):>8.3f}s {ratio:>7.3f} {inside:>7.3f}"
     if with_separately:
         line += f" {timed(separately):>10.3f}s"
     return line
@@ -110,11 +111,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=3000, help="samples per dataset")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frameworks", nargs="+", default=["torch"], choices=["torch", "keras"])
     parser.add_argument("--separately", action="store_true", help="also time each detector on its own")
     args = parser.parse_args()
-    print(f"4 datasets x {args.n} inputs of 28x28, batch {BATCH}, 10 detectors, best of {args.repeats}")
+    print(f"4 datasets x {args.n} inputs of 28x28, batch {BATCH}, 10 detectors, {args.repeats} rounds")
     header = f"{'framework':<10} {'extract':>9} {'evaluate':>9} {'ratio':>7} {'inside':>7}"
     print(header + (f" {'separately':>11}" if args.separately else ""))
     for framework in args.frameworks:

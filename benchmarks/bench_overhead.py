@@ -1,12 +1,16 @@
 """Overhead of oodscope's model passes over a bare forward loop, for a torch and a Keras toy convnet.
 
-Prints, per framework, on 10,000 random 28x28 inputs in batches of 128 (best of several interleaved runs):
+Prints, per framework, on 10,000 random 28x28 inputs in batches of 128:
 
 (a) ``GEN().fit(model).score(x)`` time / a bare loop of ``model(x)`` over the same batches (target <= 1.05);
 (b) one ``extract`` (logits + penultimate + head) followed by fit+score of the five logit detectors and the
     three shaping variants on the cached Features, / one bare pass (target <= 1.3).
 
-Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 5] [--frameworks torch keras]
+The three are run in interleaved rounds. Each ratio is the median over rounds of the ratio within a round
+(times taken seconds apart, so that the machine's drifting speed cancels out); the best times over all rounds
+are printed beside them.
+
+Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 7] [--frameworks torch keras]
 """
 
 from __future__ import annotations
@@ -76,10 +80,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--frameworks", nargs="+", default=["torch", "keras"])
     args = parser.parse_args()
-    print(f"{args.n} inputs of 28x28, batch {BATCH}, best of {args.repeats} interleaved runs")
+    print(f"{args.n} inputs of 28x28, batch {BATCH}, {args.repeats} rounds (best times, median ratios)")
     columns = ("bare pass", "GEN.score", "ratio (a)", "extract+8", "ratio (b)")
     print(f"{'framework':<10} " + " ".join(f"{column:>10}" for column in columns))
     for framework in args.frameworks:
@@ -98,10 +102,11 @@ def main() -> None:
             t_bare.append(best(bare, 1))
             t_gen.append(best(gen_score, 1))
             t_many.append(best(eight, 1))
-        bare_s, gen_s, many_s = min(t_bare), min(t_gen), min(t_many)
+        ratio_a = np.median(np.array(t_gen) / np.array(t_bare))
+        ratio_b = np.median(np.array(t_many) / np.array(t_bare))
         print(
-            f"{framework:<10} {bare_s:>9.3f}s {gen_s:>9.3f}s {gen_s / bare_s:>10.3f} {many_s:>9.3f}s "
-            f"{many_s / bare_s:>10.3f}"
+            f"{framework:<10} {min(t_bare):>9.3f}s {min(t_gen):>9.3f}s {ratio_a:>10.3f} {min(t_many):>9.3f}s "
+            f"{ratio_b:>10.3f}"
         )
 
 
