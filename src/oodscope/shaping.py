@@ -41,21 +41,20 @@ _MEMO: ContextVar[dict[Hashable, tuple[tuple[Any, ...], Any]] | None] = ContextV
 def sharing() -> Iterator[None]:
     """Inside this block, shaping detectors share their work on the same feature arrays.
 
-    Equal shapings (ReAct() and ReAct(GEN()) with the same clip value, say) recompute the logits once;
-    ReAct's clip value is computed once per fit array and percentile; ASH and SCALE at any percentiles read
-    one per-sample sort of the activations, made by the first of them. :func:`oodscope.bench.evaluate` and
-    :func:`oodscope.bench.tune` run their detectors inside it. The feature arrays must not change inside the
-    block (results are matched to arrays by identity); the sorted activations cost one extra copy of each
-    penultimate array scored, until the block ends.
+    Equal shapings (ReAct() and ReAct(GEN()) with the same clip value, ASH(MSP()) and ASH(Energy()), ...)
+    recompute the logits once, and ReAct's clip value is computed once per fit array and percentile.
+    :func:`oodscope.bench.evaluate` and :func:`oodscope.bench.tune` run their detectors inside it. The
+    feature arrays must not change inside the block: results are matched to arrays by identity. What is kept
+    is small (logits, clip values) and freed when the block ends.
 
     >>> import numpy as np
-    >>> from oodscope import ASH, SCALE, Features
+    >>> from oodscope import GEN, Features, ReAct
     >>> h = np.random.default_rng(0).random((100, 64))
     >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(64))
     >>> with sharing():
-    ...     ash_scores = ASH().score(feats).scores
-    ...     scale_scores = SCALE().score(feats).scores  # reuses the sort made for ASH
-    >>> bool(np.allclose(scale_scores, SCALE().score(feats).scores))
+    ...     energy = ReAct().fit(feats).score(feats).scores
+    ...     gen = ReAct(GEN()).fit(feats).score(feats).scores  # same clip, same logits: computed once
+    >>> bool(np.allclose(gen, ReAct(GEN()).fit(feats).score(feats).scores))
     True
     """
     token = _MEMO.set({})
@@ -143,28 +142,21 @@ def _row_sums(h: np.ndarray) -> np.ndarray:
     return h @ np.ones(h.shape[1], dtype=h.dtype)
 
 
-def _top_k(
-    h: np.ndarray, k: int, sorted_rows: Callable[[], np.ndarray] | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _top_k(h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k-th largest value and the sum of its k largest (exact with ties), both [N].
 
-    From a partial sort of a copy of ``h``; or from ``sorted_rows()``, the rows sorted in ascending order,
-    which serves every k.
+    ``h`` must be non-negative: such floats order like their bit patterns read as integers, and numpy's
+    partial sort of integers is vectorised (2.5x faster than that of floats here).
     """
     n_features = h.shape[1]
-    if sorted_rows is None:
-        top = h.copy()
-        top.partition(n_features - k, axis=1)
-    else:
-        top = sorted_rows()
-    top = top[:, n_features - k :]
+    top = h.view(f"i{h.itemsize}").copy()
+    top.partition(n_features - k, axis=1)
+    top = top.view(h.dtype)[:, n_features - k :]
     return top[:, 0].copy(), top.sum(axis=1, dtype=np.float64)
 
 
-def _check_non_negative(features: np.ndarray, method: str, sorted_rows: Callable | None = None) -> None:
-    if not features.size:
-        return
-    lowest = float(features.min() if sorted_rows is None else sorted_rows()[:, 0].min())
+def _check_non_negative(features: np.ndarray, method: str) -> None:
+    lowest = float(np.min(features, initial=0))
     if lowest < 0:
         raise ValueError(
             f"{method} assumes non-negative (post-ReLU) penultimate activations, but they go down to "
@@ -183,21 +175,22 @@ def ash(features: np.ndarray, percentile: float = 90.0, variant: str = "s", eps:
     with s1 the sample's activation sum before pruning and s2 after; ``eps`` keeps s1 / s2 finite for an
     all-zero sample. Activations must be non-negative. Keeps the input's floating precision.
     """
-    return _materialise(*_ash_parts(_as_float(features), percentile, variant, eps))
+    h = _as_float(features)
+    _check_non_negative(h, "ASH")
+    return _materialise(*_ash_parts(h, percentile, variant, eps))
 
 
 def _ash_parts(
-    h: np.ndarray, percentile: float, variant: str, eps: float, sorted_rows: Callable | None = None
+    h: np.ndarray, percentile: float, variant: str, eps: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """ASH as ``(g, factor)``: the shaped rows are ``g * factor[:, None]`` (``g`` itself for factor None)."""
-    _check_non_negative(h, "ASH", sorted_rows)
+    """ASH of non-negative rows ``h`` as ``(g, factor)``: the shaped rows are ``g * factor[:, None]``."""
     k = _kept_count(h.shape[1], percentile)
     if variant == "b":
         binary = np.zeros_like(h)
         top = np.argpartition(-h, k - 1, axis=1)[:, :k]
         np.put_along_axis(binary, top, (_row_sums(h)[:, None] / k).astype(h.dtype), axis=1)
         return binary, None
-    kth, _ = _top_k(h, k, sorted_rows)
+    kth, _ = _top_k(h, k)
     kept = h >= kth[:, None]  # the k largest and any tied with the k-th
     pruned = np.multiply(h, kept.view(np.uint8), out=np.empty_like(h))
     if variant == "p":
@@ -221,14 +214,14 @@ def scale(features: np.ndarray, percentile: float = 85.0, eps: float = 1e-12) ->
     """SCALE: ``h · exp(s1 / s2)`` with s1 the sum of all activations and s2 the sum of the k largest
     (k = n − round(n·p/100)); nothing is pruned. Activations must be non-negative. Keeps the input's
     floating precision."""
-    return _materialise(*_scale_parts(_as_float(features), percentile, eps))
+    h = _as_float(features)
+    _check_non_negative(h, "SCALE")
+    return _materialise(*_scale_parts(h, percentile, eps))
 
 
-def _scale_parts(
-    h: np.ndarray, percentile: float, eps: float, sorted_rows: Callable | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    _check_non_negative(h, "SCALE", sorted_rows)
-    _, top_sum = _top_k(h, _kept_count(h.shape[1], percentile), sorted_rows)
+def _scale_parts(h: np.ndarray, percentile: float, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """SCALE of non-negative rows ``h`` as ``(h, factor)``."""
+    _, top_sum = _top_k(h, _kept_count(h.shape[1], percentile))
     return h, _scale_factor(_row_sums(h), top_sum, eps, h.dtype, "SCALE")
 
 
@@ -271,6 +264,7 @@ class _Shaping(Detector):
 
     requires = frozenset({"features", "head"})
     default_layers = (PENULTIMATE,)
+    _non_negative = False  # whether the method needs non-negative (post-ReLU) activations
 
     def _inner(self) -> Detector:
         detector = Energy() if self.detector is None else self.detector
@@ -284,13 +278,10 @@ class _Shaping(Detector):
     def _needs_fit(self) -> bool:
         return type(self).needs_fit or self._inner()._needs_fit()
 
-    def _parts(
-        self, h: np.ndarray, sorted_rows: Callable[[], np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _parts(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The shaping of rows ``h`` as ``(g, factor)``: shaped rows are ``g * factor[:, None]``, or ``g``
         when factor is None. Keeping the per-sample factor apart gives the logits as
-        ``factor · (g @ W.T) + b``, without materialising the shaped rows. ``sorted_rows``, when given,
-        returns the rows of ``h`` sorted (shared with other shapings, see :func:`sharing`)."""
+        ``factor · (g @ W.T) + b``, without materialising the shaped rows."""
         raise NotImplementedError
 
     def _shaping_key(self) -> tuple[Hashable, ...]:
@@ -306,12 +297,16 @@ class _Shaping(Detector):
         h = features.layer(PENULTIMATE)
         keep = "features" in self._inner().requires
         memo = _MEMO.get(None)
+        if self._non_negative:
+            _check_non_negative(
+                _shared(memo, ("min",), (h,), lambda: np.min(h, initial=0)), type(self).__name__
+            )
         sources = (h, features.head_weight, features.head_bias)
         logits, shaped = _shared(
             memo,
             ("shaped", type(self), *self._shaping_key(), keep),
             sources,
-            lambda: self._shape_logits(h, features.head_weight, features.head_bias, keep, memo),
+            lambda: self._shape_logits(h, features.head_weight, features.head_bias, keep),
         )
         return Features._unchecked(
             logits=logits,
@@ -322,7 +317,7 @@ class _Shaping(Detector):
         )
 
     def _shape_logits(
-        self, h: np.ndarray, weight: np.ndarray, bias: np.ndarray, keep: bool, memo: dict | None
+        self, h: np.ndarray, weight: np.ndarray, bias: np.ndarray, keep: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
         dtype = _as_float(h[:0]).dtype
         weight_t, bias = weight.T.astype(dtype), bias.astype(dtype)
@@ -330,13 +325,7 @@ class _Shaping(Detector):
         shaped = np.empty(h.shape, dtype=dtype) if keep else None
 
         def run(start: int, stop: int) -> None:
-            block = _as_float(h[start:stop])
-            sorted_rows = None
-            if memo is not None:  # one sort per block, for every shaping inside the sharing() block
-                sorted_rows = lambda: _shared(  # noqa: E731
-                    memo, ("sorted", start, stop), (h,), lambda: np.sort(block, axis=1)
-                )
-            g, factor = self._parts(block, sorted_rows)
+            g, factor = self._parts(_as_float(h[start:stop]))
             product = g @ weight_t
             if factor is not None:
                 product *= factor[:, None]
@@ -412,7 +401,7 @@ class ReAct(_Shaping):
         q = self.percentile
         self.clip_value_ = _shared(memo, ("percentile", q), (h,), lambda: percentile(h, q))
 
-    def _parts(self, h: np.ndarray, sorted_rows: Callable | None) -> tuple[np.ndarray, None]:
+    def _parts(self, h: np.ndarray) -> tuple[np.ndarray, None]:
         return react(h, self.clip_value_), None
 
     def _shaping_key(self) -> tuple[Hashable, ...]:
@@ -455,6 +444,7 @@ class ASH(_Shaping):
     """
 
     needs_fit = False
+    _non_negative = True
     _parameter_constraints = {
         "detector": _DETECTOR,
         "percentile": _PERCENTILE,
@@ -468,8 +458,8 @@ class ASH(_Shaping):
         self.percentile = percentile
         self.variant = variant
 
-    def _parts(self, h: np.ndarray, sorted_rows: Callable | None) -> tuple[np.ndarray, np.ndarray | None]:
-        return _ash_parts(h, self.percentile, self.variant, 1e-12, sorted_rows)
+    def _parts(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return _ash_parts(h, self.percentile, self.variant, 1e-12)
 
     def _shaping_key(self) -> tuple[Hashable, ...]:
         return (float(self.percentile), self.variant)
@@ -505,14 +495,15 @@ class SCALE(_Shaping):
     """
 
     needs_fit = False
+    _non_negative = True
     _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
 
     def __init__(self, detector: Detector | None = None, percentile: float = 85.0) -> None:
         self.detector = detector
         self.percentile = percentile
 
-    def _parts(self, h: np.ndarray, sorted_rows: Callable | None) -> tuple[np.ndarray, np.ndarray]:
-        return _scale_parts(h, self.percentile, 1e-12, sorted_rows)
+    def _parts(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _scale_parts(h, self.percentile, 1e-12)
 
     def _shaping_key(self) -> tuple[Hashable, ...]:
         return (float(self.percentile),)
