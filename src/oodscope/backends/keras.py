@@ -153,9 +153,11 @@ class KerasBackend(Backend):
             raise TypeError(
                 f"layer_ids must be a sequence of layer ids, e.g. [{layer_ids!r}]; got {layer_ids!r}."
             )
-        # Held weakly, so that a cached backend (see `for_pass`) does not keep the model alive; nothing built
-        # here (the sub-model, the layers, the compiled functions) refers back to the model.
+        # Read through a weak reference, so that a cached backend (see `for_pass`) does not keep the model
+        # alive: nothing else built here (the sub-model, the layers, the compiled functions) refers back to
+        # it. A backend built directly also holds it strongly, in `_keep`; `for_pass` drops that.
         self._model = weakref.ref(model)
+        self._keep: Any = model
         self.layer_ids = list(layer_ids)
         graph = _graph_of(model)
         self._names = [layer.name for layer in model.layers]
@@ -199,6 +201,7 @@ class KerasBackend(Backend):
         backend = cached.get(key)
         if backend is None or not backend._matches(model):
             backend = cached[key] = cls(model, layer_ids, head_layer_id)
+            backend._keep = None  # the caller holds the model for the pass; the cache must not
         return backend
 
     def _matches(self, model: Any) -> bool:

@@ -110,6 +110,9 @@ def evaluate(
     computed beside the pooled activations the others read, in the same pass). The same data object given
     twice (e.g. as fit and ID data) is run once.
 
+    Each dataset is scored as soon as it is extracted, and its layer activations are then released, so that
+    memory holds the activations of one dataset at a time (plus what the fitted detectors keep).
+
     Detectors that need input gradients (ODIN) cannot use cached Features: they are fitted with
     ``detector.fit(model, ...)`` and score each dataset with ``detector.score(data)``, i.e. one extra
     model-level pass per scored dataset (and one over the fit data if they learn from it); the data must then
@@ -237,8 +240,7 @@ def evaluate(
         leave=False,
     )
 
-    # within a dataset, shaping detectors share their work (one sort of the activations for all of ASH and
-    # SCALE, one clip for equal ReActs); the memory it takes is freed after each dataset
+    # within a dataset, shaping detectors share their work (see oodscope.shaping.sharing)
     def fit_all(features: Features) -> None:
         with sharing():
             for name in live:
