@@ -150,21 +150,9 @@ class PassOptions:
 
 
 def detector_postproc(detector: Detector, model: Any, layers: Sequence[Hashable]) -> dict[Hashable, Any]:
-    """The post-processing a detector's own model-level ``fit`` applies to its layers (usually none).
-
-    A detector may declare it with a method ``extraction_postproc(model, layer_ids) -> {layer_id: fn}``;
-    :class:`~oodscope.detectors.gram.Gram` turns its layers into Gram statistics.
-    """
-    hook = getattr(detector, "extraction_postproc", None)
-    if callable(hook):
-        return dict(hook(model, list(layers)) or {})
-    try:
-        from ..detectors.gram import Gram, gram_postproc
-    except ImportError:  # pragma: no cover - a tree without Gram
-        return {}
-    if isinstance(detector, Gram) and detector.orders is not None and layers:
-        return gram_postproc(model, list(layers), detector.orders)
-    return {}
+    """The post-processing a detector's own model-level ``fit`` applies to its layers (usually none; see
+    ``Detector._postproc``: :class:`~oodscope.detectors.gram.Gram` turns its layers into Gram statistics)."""
+    return dict(detector._postproc(model, list(layers))) if layers else {}
 
 
 def _fn_key(fn: Any) -> Hashable:

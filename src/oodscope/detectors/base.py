@@ -116,10 +116,15 @@ class Detector:
         from ..backends import get_backend
 
         get_backend(model_or_features)  # a clear error for anything that is neither a model nor Features
+        if feature_layers_id is None:
+            feature_layers_id = list(self.default_layers)
+        if postproc_fns is None:
+            from ..extract import _layer_list
+
+            self._validate_params()
+            postproc_fns = self._postproc(model_or_features, _layer_list(feature_layers_id)) or None
         options = {
-            "feature_layers_id": list(self.default_layers)
-            if feature_layers_id is None
-            else feature_layers_id,
+            "feature_layers_id": feature_layers_id,
             "head_layer_id": head_layer_id,
             "postproc_fns": postproc_fns,
             "batch_size": batch_size,
@@ -206,6 +211,12 @@ class Detector:
     def _needs_fit(self) -> bool:
         """Whether this instance must be fitted before scoring (composite detectors ask their parts)."""
         return self.needs_fit
+
+    def _postproc(self, model: Any, layer_ids: list[Any]) -> dict[Any, Any]:
+        """The post-processing this detector's own model-level passes apply to ``layer_ids`` when the user
+        gives none: ``{layer_id: fn}`` (see :func:`~oodscope.extract`); empty means global average pooling.
+        ``evaluate`` and ``tune`` compute it beside what the other detectors read, in the same pass."""
+        return {}
 
     # --- decisions: thresholds and conformal p-values ----------------------------------------------------
 

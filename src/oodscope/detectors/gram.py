@@ -11,7 +11,6 @@ import numpy as np
 from .._params import AnyOf, Interval, Options
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
-from .base import Detector
 
 __all__ = ["Gram", "gram_bounds", "gram_deviation", "gram_postproc", "gram_statistics"]
 
@@ -228,40 +227,18 @@ class Gram(_LayerwiseDetector):
         self.layers = layers
         self.aggregator = aggregator
 
-    def fit(
-        self,
-        model_or_features: Any,
-        fit_data: Any = None,
-        *,
-        feature_layers_id: Any = None,
-        postproc_fns: Any = None,
-        **options: Any,
-    ) -> Detector:
-        """As :meth:`Detector.fit`; at model level, without ``postproc_fns``, each requested layer's
-        activations become their Gram statistics of orders 1..``orders`` (see :func:`gram_postproc`)."""
-        if not isinstance(model_or_features, Features) and postproc_fns is None:
-            self._validate_params()
-            if self.orders is not None:
-                if feature_layers_id is not None:
-                    layer_ids = feature_layers_id
-                elif isinstance(self.layers, (list, tuple)):
-                    layer_ids = list(self.layers)
-                else:
-                    layer_ids = list(self.default_layers)
-                if "penultimate" in ([layer_ids] if isinstance(layer_ids, (str, int)) else layer_ids):
-                    raise ValueError(
-                        "Gram cannot store Gram statistics under 'penultimate' at model level (Features "
-                        "checks that layer against the head's width). Address the layer by name or index "
-                        "instead, e.g. feature_layers_id=[-2] for the output of the layer before the head."
-                    )
-                postproc_fns = gram_postproc(model_or_features, layer_ids, self.orders)
-        return super().fit(
-            model_or_features,
-            fit_data,
-            feature_layers_id=feature_layers_id,
-            postproc_fns=postproc_fns,
-            **options,
-        )
+    def _postproc(self, model: Any, layer_ids: list[Any]) -> dict[Any, Any]:
+        """At model level, each requested layer's activations become their Gram statistics of orders
+        1..``orders`` (see :func:`gram_postproc`); with ``orders=None``, the default pooling."""
+        if self.orders is None or not layer_ids:
+            return {}
+        if "penultimate" in layer_ids:
+            raise ValueError(
+                "Gram cannot store Gram statistics under 'penultimate' at model level (Features checks that "
+                "layer against the head's width). Address the layer by name or index instead, e.g. "
+                "feature_layers_id=[-2] for the output of the layer before the head."
+            )
+        return gram_postproc(model, layer_ids, self.orders)
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
         classes = np.argmax(features.logits, axis=1)
