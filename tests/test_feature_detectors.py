@@ -388,6 +388,17 @@ def test_gram_model_level_computes_the_statistics_at_extraction():
     assert set(gram_postproc(model, ["1", -2])) == {"1", -2}  # names and indices alike
 
 
+def test_gram_model_level_saves_and_recreates_its_post_processing(tmp_path):
+    from oodscope import MeanNormalizedAggregator, load
+
+    model, fit_x, test_x = torch_setup()
+    det = Gram(orders=2, layers=["0", "1"], aggregator=MeanNormalizedAggregator()).fit(model, fit_x)
+    assert det._pass_options["postproc_fns"] is None, "its own post-processing is re-created, not stored"
+    loaded = load(det.save(tmp_path / "gram.oodscope"), model=model)
+    assert isinstance(loaded.aggregator_, MeanNormalizedAggregator)
+    np.testing.assert_array_equal(loaded.score(test_x).scores, det.score(test_x).scores)
+
+
 def test_layers_parameter_selects_what_the_model_level_fit_extracts():
     model, fit_x, test_x = torch_setup()
     det = KNN(k=3, layers=["1"]).fit(model, fit_x)

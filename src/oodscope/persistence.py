@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .detectors._layerwise import Aggregator
 from .detectors.base import Detector
 
 __all__ = ["load", "save", "DetectorFileError"]
@@ -174,10 +175,25 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
             "params": _encode(value.get_params(deep=False), arrays, f"{key}.params"),
             "state": _encode(value._get_state(), arrays, f"{key}.state"),
         }
+    if isinstance(value, Aggregator):
+        return {
+            "__aggregator__": _class_name(type(value)),
+            "params": _encode(value.get_params(), arrays, f"{key}.params"),
+            "state": _encode(_learned(value), arrays, f"{key}.state"),
+        }
     raise TypeError(
-        f"Cannot save {key} of type {type(value).__name__}: only numbers, strings, arrays, lists, dicts and "
-        "detectors are saved. A detector holding other objects must override _get_state / _set_state."
+        f"Cannot save {key} of type {type(value).__name__}: only numbers, strings, arrays, lists, dicts, "
+        "detectors and aggregators are saved. A detector holding other objects must override _get_state / "
+        "_set_state."
     )
+
+
+def _learned(aggregator: Aggregator) -> dict[str, Any]:
+    return {key: v for key, v in vars(aggregator).items() if _is_learned_name(key)}
+
+
+def _is_learned_name(key: Any) -> bool:
+    return isinstance(key, str) and key.isidentifier() and key.endswith("_") and not key.startswith("_")
 
 
 def _decode(value: Any, arrays: _ArrayReader) -> Any:
@@ -195,7 +211,7 @@ def _decode(value: Any, arrays: _ArrayReader) -> Any:
     if "__items__" in value:
         return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
     if "__detector__" in value:
-        cls = _detector_classes().get(value["__detector__"])
+        cls = _subclasses(Detector).get(value["__detector__"])
         if cls is None:
             raise DetectorFileError(
                 f"Unknown detector class {value['__detector__']!r}; import the module that defines it first."
@@ -203,6 +219,19 @@ def _decode(value: Any, arrays: _ArrayReader) -> Any:
         detector = cls(**_decode(value["params"], arrays))
         detector._set_state(_decode(value["state"], arrays))
         return detector
+    if "__aggregator__" in value:
+        cls = _subclasses(Aggregator).get(value["__aggregator__"])
+        if cls is None:
+            raise DetectorFileError(
+                f"Unknown aggregator class {value['__aggregator__']!r}; import the module defining it first."
+            )
+        aggregator = cls(**_decode(value["params"], arrays))
+        state = _decode(value["state"], arrays)
+        if not isinstance(state, dict) or not all(_is_learned_name(key) for key in state):
+            raise DetectorFileError("Malformed aggregator state in the detector file.")
+        for key, learned in state.items():
+            setattr(aggregator, key, learned)
+        return aggregator
     raise DetectorFileError(f"Unexpected entry in the detector file: {sorted(value)}.")
 
 
@@ -210,12 +239,12 @@ def _class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _detector_classes() -> dict[str, type[Detector]]:
-    """Every Detector subclass imported so far, by module-qualified name (nothing is imported by name)."""
-    from . import detectors, shaping  # noqa: F401 - make the built-in detectors known
+def _subclasses(base: type) -> dict[str, type]:
+    """Every subclass of ``base`` imported so far, by module-qualified name (nothing is imported by name)."""
+    from . import detectors, shaping  # noqa: F401 - make the built-in detectors and aggregators known
 
-    found: dict[str, type[Detector]] = {}
-    stack = [Detector]
+    found: dict[str, type] = {}
+    stack = [base]
     while stack:
         cls = stack.pop()
         for sub in cls.__subclasses__():

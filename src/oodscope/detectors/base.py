@@ -116,15 +116,10 @@ class Detector:
         from ..backends import get_backend
 
         get_backend(model_or_features)  # a clear error for anything that is neither a model nor Features
-        if feature_layers_id is None:
-            feature_layers_id = list(self.default_layers)
-        if postproc_fns is None:
-            from ..extract import _layer_list
-
-            self._validate_params()
-            postproc_fns = self._postproc(model_or_features, _layer_list(feature_layers_id)) or None
         options = {
-            "feature_layers_id": feature_layers_id,
+            "feature_layers_id": list(self.default_layers)
+            if feature_layers_id is None
+            else feature_layers_id,
             "head_layer_id": head_layer_id,
             "postproc_fns": postproc_fns,
             "batch_size": batch_size,
@@ -143,12 +138,20 @@ class Detector:
                 "data the model was trained on (or held-out ID data)."
             )
         else:
-            from ..extract import extract
-
             self._validate_params()  # before the pass, so a bad value fails fast
-            self._fit_features(extract(model_or_features, fit_data, **options))
+            self._fit_features(self._extract(model_or_features, fit_data, options))
         self._model, self._pass_options = model_or_features, options
         return self
+
+    def _extract(self, model: Any, data: Any, options: dict[str, Any]) -> Features:
+        """One :func:`~oodscope.extract` pass with the fit options; the detector's own post-processing
+        (:meth:`_postproc`) applies when the user gave none, so it is re-created, never stored or saved."""
+        from ..extract import _layer_list, extract
+
+        if options["postproc_fns"] is None:
+            own = self._postproc(model, _layer_list(options["feature_layers_id"]))
+            options = {**options, "postproc_fns": own or None}
+        return extract(model, data, **options)
 
     def score(self, data: Any, *, batch_size: int | None = None) -> ScoreResult:
         """Score :class:`~oodscope.Features`, or data run through the model given to ``fit``.
@@ -204,9 +207,7 @@ class Detector:
 
         Detectors that need more than one plain pass (input gradients) override this.
         """
-        from ..extract import extract
-
-        return self._score_features(extract(self._model, data, **options))
+        return self._score_features(self._extract(self._model, data, options))
 
     def _needs_fit(self) -> bool:
         """Whether this instance must be fitted before scoring (composite detectors ask their parts)."""
