@@ -80,6 +80,13 @@ def test_tf_dataset_of_examples_and_of_batches():
         assert np.array_equal(data.inputs, images) and np.array_equal(data.labels, labels)
     unlabelled = OODDataset(tf.data.Dataset.from_tensor_slices(images))
     assert np.array_equal(unlabelled.inputs, images) and unlabelled.labels is None
+    named = tf.data.Dataset.from_tensor_slices({"pixels": images, "y": labels})
+    with pytest.raises(ValueError, match="Cannot tell which entry .* input among \\['pixels', 'y'\\]"):
+        OODDataset(named)
+    with pytest.raises(KeyError, match="label_key='target' is not in the batch"):
+        OODDataset(named, input_key="pixels", label_key="target")
+    keyed = OODDataset(named, input_key="pixels", label_key="y")
+    assert np.array_equal(keyed.inputs, images) and np.array_equal(keyed.labels, labels)
 
 
 def test_torch_dataset_is_read_channels_first():

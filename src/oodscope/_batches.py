@@ -59,7 +59,13 @@ def as_labels(values: Any) -> np.ndarray:
     return labels
 
 
-def _split_dict(batch: Mapping[str, Any], input_key: str | None, label_key: str | None) -> tuple[Any, Any]:
+def pick_keys(
+    batch: Mapping[str, Any], input_key: str | None, label_key: str | None
+) -> tuple[str, str | None]:
+    """The input key and the label key (None: no labels) of dict batches, or of a dataset's element spec.
+
+    Given keys must exist; otherwise the first of :data:`INPUT_KEYS` / :data:`LABEL_KEYS` present is taken.
+    """
     keys = list(batch)
     if input_key is None:
         input_key = next((key for key in INPUT_KEYS if key in batch), None)
@@ -73,6 +79,11 @@ def _split_dict(batch: Mapping[str, Any], input_key: str | None, label_key: str 
         label_key = next((key for key in LABEL_KEYS if key in batch), None)
     elif label_key not in batch:
         raise KeyError(f"label_key={label_key!r} is not in the batch; its keys are {keys}.")
+    return input_key, label_key
+
+
+def _split_dict(batch: Mapping[str, Any], input_key: str | None, label_key: str | None) -> tuple[Any, Any]:
+    input_key, label_key = pick_keys(batch, input_key, label_key)
     return batch[input_key], None if label_key is None else batch[label_key]
 
 

@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 
 from .._batches import (
-    INPUT_KEYS,
-    LABEL_KEYS,
     _split_dict,
     as_labels,
     check_batch_size,
     is_array_like,
     iter_batches,
+    pick_keys,
     to_numpy,
 )
 from ._images import RESIZE_METHODS, convert_channels, resize_images
@@ -82,14 +81,7 @@ def _read_tf_dataset(data: Any, input_key: str | None, label_key: str | None) ->
 
     spec = data.element_spec
     if isinstance(spec, Mapping):
-        keys = list(spec)
-        input_key = input_key or next((key for key in INPUT_KEYS if key in spec), None)
-        if input_key not in spec:
-            raise KeyError(f"Cannot tell the input among the dataset's features {keys}; pass input_key=...")
-        if label_key is None:
-            label_key = next((key for key in LABEL_KEYS if key in spec), None)
-        elif label_key not in spec:
-            raise KeyError(f"label_key={label_key!r} is not among the dataset's features {keys}.")
+        input_key, label_key = pick_keys(spec, input_key, label_key)
         input_spec, label_spec = spec[input_key], None if label_key is None else spec[label_key]
         if label_key is None:
             data = data.map(lambda example: (example[input_key],), tf.data.AUTOTUNE)
