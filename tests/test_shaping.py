@@ -188,3 +188,21 @@ def test_shapings_inside_sharing_give_the_same_scores_and_share_their_work(monke
     assert calls["percentile"] == 1, "both ReActs clip at the same fit percentile"
     assert calls["shape"] == 5, "ReAct() and ReAct(GEN()) share their recomputed logits"
     assert shaping._MEMO.get(None) is None, "nothing is kept after the block"
+
+
+def test_a_new_shaping_needs_only_its_parts():
+    from oodscope import shaping
+
+    class Halve(shaping._Shaping):
+        needs_fit = False
+
+        def __init__(self, detector=None):
+            self.detector = detector
+
+        def _parts(self, h):
+            return h * 0.5, None
+
+    expected = energy(0.5 * TEST.layer("penultimate") @ W.T + B)
+    np.testing.assert_allclose(Halve().score(TEST).scores, expected, rtol=1e-12)
+    with shaping.sharing():  # shares nothing, but works inside evaluate and tune
+        np.testing.assert_allclose(Halve().score(TEST).scores, expected, rtol=1e-12)

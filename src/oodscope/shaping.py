@@ -285,8 +285,9 @@ class _Shaping(Detector):
         raise NotImplementedError
 
     def _shaping_key(self) -> tuple[Hashable, ...]:
-        """What decides the shaping (not the wrapped detector): equal keys shape alike."""
-        raise NotImplementedError
+        """What decides the shaping (not the wrapped detector): equal keys shape alike. By default the
+        instance itself, which shares nothing with other instances."""
+        return (self,)
 
     def _fit_shape(self, h: np.ndarray, memo: dict | None) -> None:  # noqa: B027 - most learn nothing
         """Learn what the shaping needs from the fit data's penultimate features."""
