@@ -250,7 +250,7 @@ def tune(
         delay=0 if progress else 2.0,
         leave=False,
     )
-    with sharing():  # candidates share shaping work (e.g. one sort serves every ASH percentile)
+    with sharing():  # candidates share shaping work (e.g. the clip value of ReActs around several detectors)
         for index, (params, candidate, own) in enumerate(bar):
             fit_s = score_s = None
             try:
