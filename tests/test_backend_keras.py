@@ -611,3 +611,15 @@ def test_a_sequential_model_that_gains_or_loses_layers_is_rebuilt(x):
     assert rebuilt is not backend and rebuilt.run_batch(x)[0].shape == (32, 3)
     keras_backend.clear_cache()
     assert KerasBackend.for_pass(model) is not rebuilt
+
+
+def test_a_layer_given_new_variables_is_rebuilt_not_read_stale(x):
+    model = keras.Sequential([keras.Input((28, 28, 1)), L.Flatten(), L.Dense(16, name="hidden"), L.Dense(4)])
+    cached = KerasBackend.for_pass(model)
+    before = cached.run_batch(x)[0]
+    model.get_layer("hidden").quantize("int8")  # replaces the layer's kernel variable
+    rebuilt = KerasBackend.for_pass(model)
+    assert rebuilt is not cached
+    logits = rebuilt.run_batch(x)[0]
+    np.testing.assert_allclose(logits, numpy(model(x, training=False)), atol=1e-5)
+    assert not np.allclose(logits, before)

@@ -175,6 +175,7 @@ class KerasBackend(Backend):
         self._inputs = None if graph is None else list(graph.inputs)
         self._graph = None if graph is None else weakref.ref(graph)  # see `_matches`
         self._layers = tuple(model.layers)
+        self._weights = tuple(model.weights)
         self._compiled: dict[tuple[str, bool], Any] = {}
         self._spec: Any = _UNSET
 
@@ -189,9 +190,10 @@ class KerasBackend(Backend):
 
         Building the sub-model and tracing its ``tf.function`` costs far more than a small batch, so, as
         Keras does with ``model.predict``, the compiled pass is kept (while the model lives) and reused by
-        every later ``extract`` / ``score`` over that model. A Sequential model that gained or lost layers
-        since is noticed and rebuilt. Edits Keras cannot see (replacing a layer's ``activation`` attribute
-        after a first pass) are not: call :func:`clear_cache` after them.
+        every later ``extract`` / ``score`` over that model. A model that gained or lost layers or weight
+        variables since (``Sequential.add``, ``quantize``) is noticed and rebuilt; new values in the same
+        variables (training) need nothing. Edits Keras cannot see (replacing a layer's ``activation``
+        attribute after a first pass) are not noticed: call :func:`clear_cache` after them.
         """
         try:
             key = (tuple(_hashable(layer_id) for layer_id in layer_ids), _hashable(head_layer_id))
@@ -205,12 +207,16 @@ class KerasBackend(Backend):
         return backend
 
     def _matches(self, model: Any) -> bool:
-        """Whether ``model`` still has the layers (and graph) this backend was built on."""
+        """Whether ``model`` still has the graph, layers and weight variables this backend was built on (a
+        compiled pass reads the variables it was traced with: new ones, e.g. after ``quantize``, need a
+        rebuild; new values in the same variables, e.g. after training, do not)."""
         graph = _graph_of(model)
         same_graph = graph is None if self._graph is None else graph is self._graph()
-        layers = model.layers
-        same_layers = len(layers) == len(self._layers) and all(map(operator.is_, layers, self._layers))
-        return same_graph and same_layers
+        return (
+            same_graph
+            and _same_items(model.layers, self._layers)
+            and _same_items(model.weights, self._weights)
+        )
 
     # --- construction ------------------------------------------------------------------------------------
 
@@ -541,6 +547,10 @@ def _graph_of(model: Any) -> Any:
             "(or train or load it) first."
         )
     return None
+
+
+def _same_items(items: Sequence[Any], known: tuple[Any, ...]) -> bool:
+    return len(items) == len(known) and all(map(operator.is_, items, known))
 
 
 def _node(graph: Any, layer: Any) -> Any:
