@@ -10,7 +10,7 @@ The three are run in interleaved rounds. Each ratio is the median over rounds of
 (times taken seconds apart, so that the machine's drifting speed cancels out); the best times over all rounds
 are printed beside them.
 
-Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 7] [--frameworks torch keras]
+Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 11] [--frameworks torch keras]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--frameworks", nargs="+", default=["torch", "keras"])
     args = parser.parse_args()
     print(f"{args.n} inputs of 28x28, batch {BATCH}, {args.repeats} rounds (best times, median ratios)")
