@@ -45,7 +45,8 @@ def sharing() -> Iterator[None]:
     recompute the logits once, and ReAct's clip value is computed once per fit array and percentile.
     :func:`oodscope.bench.evaluate` and :func:`oodscope.bench.tune` run their detectors inside it. The
     feature arrays must not change inside the block: results are matched to arrays by identity. What is kept
-    is small (logits, clip values) and freed when the block ends.
+    (logits and clip values; the shaped features too when the wrapped detector reads them) is freed when the
+    block ends.
 
     >>> import numpy as np
     >>> from oodscope import GEN, Features, ReAct
@@ -64,10 +65,10 @@ def sharing() -> Iterator[None]:
         _MEMO.reset(token)
 
 
-def _shared(
-    memo: dict | None, key: tuple[Hashable, ...], sources: tuple[Any, ...], compute: Callable[[], Any]
-) -> Any:
-    """``compute()``, or its earlier result for the same key computed from these very ``sources``."""
+def _shared(key: tuple[Hashable, ...], sources: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    """``compute()``, or, inside :func:`sharing`, its earlier result for the same key computed from these
+    very ``sources``."""
+    memo = _MEMO.get(None)
     if memo is None:
         return compute()
     key = (*key, *map(id, sources))
@@ -289,7 +290,7 @@ class _Shaping(Detector):
         instance itself, which shares nothing with other instances."""
         return (self,)
 
-    def _fit_shape(self, h: np.ndarray, memo: dict | None) -> None:  # noqa: B027 - most learn nothing
+    def _fit_shape(self, h: np.ndarray) -> None:  # noqa: B027 - most learn nothing
         """Learn what the shaping needs from the fit data's penultimate features."""
 
     def _shaped_features(self, features: Features) -> Features:
@@ -297,14 +298,10 @@ class _Shaping(Detector):
         detector reads them), in blocks of rows so that memory stays bounded by a block."""
         h = features.layer(PENULTIMATE)
         keep = "features" in self._inner().requires
-        memo = _MEMO.get(None)
         if self._non_negative:
-            _check_non_negative(
-                _shared(memo, ("min",), (h,), lambda: np.min(h, initial=0)), type(self).__name__
-            )
+            _check_non_negative(_shared(("min",), (h,), lambda: np.min(h, initial=0)), type(self).__name__)
         sources = (h, features.head_weight, features.head_bias)
         logits, shaped = _shared(
-            memo,
             ("shaped", type(self), *self._shaping_key(), keep),
             sources,
             lambda: self._shape_logits(h, features.head_weight, features.head_bias, keep),
@@ -339,7 +336,7 @@ class _Shaping(Detector):
         return logits, shaped
 
     def _fit(self, features: Features) -> None:
-        self._fit_shape(features.layer(PENULTIMATE), _MEMO.get(None))
+        self._fit_shape(features.layer(PENULTIMATE))
         inner = clone(self._inner())
         if inner._needs_fit():  # a stateless inner detector has nothing to learn from the shaped data
             inner._fit_features(self._shaped_features(features))
@@ -398,9 +395,9 @@ class ReAct(_Shaping):
         self.detector = detector
         self.percentile = percentile
 
-    def _fit_shape(self, h: np.ndarray, memo: dict | None) -> None:
+    def _fit_shape(self, h: np.ndarray) -> None:
         q = self.percentile
-        self.clip_value_ = _shared(memo, ("percentile", q), (h,), lambda: percentile(h, q))
+        self.clip_value_ = _shared(("percentile", q), (h,), lambda: percentile(h, q))
 
     def _parts(self, h: np.ndarray) -> tuple[np.ndarray, None]:
         return react(h, self.clip_value_), None

@@ -303,18 +303,6 @@ class Detector:
     def _param_names(cls) -> list[str]:
         return list(_init_parameters(cls))
 
-    @classmethod
-    def _signature_names(cls) -> tuple[str, ...]:
-        signature = inspect.signature(cls.__init__)
-        names = []
-        for name, parameter in signature.parameters.items():
-            if name == "self":
-                continue
-            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-                raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword hyperparameters only.")
-            names.append(name)
-        return tuple(names)
-
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The hyperparameters, as passed to ``__init__``."""
         params = {}
@@ -420,4 +408,11 @@ def clone(detector: Detector) -> Detector:
 @functools.cache
 def _init_parameters(cls: type[Detector]) -> tuple[str, ...]:
     """A detector class's hyperparameter names, read once from its ``__init__`` signature."""
-    return cls._signature_names()
+    names = []
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword hyperparameters only.")
+        names.append(name)
+    return tuple(names)
