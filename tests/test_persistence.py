@@ -83,6 +83,16 @@ def test_foreign_truncated_and_tampered_files(tmp_path):
     with pytest.raises(ValueError, match="The 'percentile' parameter of ReAct"):
         load(bad_params)
 
+    meta["detector"]["params"]["__items__"][1][1] = 90.0
+    for name in ("score", "_model"):  # state may only restore learned attributes (name_)
+        meta["detector"]["state"]["__items__"][0][0] = name
+        forged = tmp_path / "forged_state.oodscope"
+        with zipfile.ZipFile(forged, "w") as archive:
+            for entry, content in entries.items():
+                archive.writestr(entry, json.dumps(meta) if entry == "detector.json" else content)
+        with pytest.raises(DetectorFileError, match="Malformed detector state"):
+            load(forged)
+
 
 def test_flipped_array_bytes_are_detected(tmp_path):
     path = ReAct().fit(TOY["fit"]).calibrate(TOY["id"]).save(tmp_path / "react.oodscope")

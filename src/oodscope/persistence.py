@@ -20,7 +20,7 @@ import numpy as np
 
 from ._version import __version__
 from .detectors._layerwise import Aggregator
-from .detectors.base import Detector
+from .detectors.base import Detector, is_learned_name
 
 __all__ = ["load", "save", "DetectorFileError"]
 
@@ -146,6 +146,10 @@ class _ArrayReader:
         return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
+#: the objects saved as class name, hyperparameters and learned state, with the tag that marks them
+_OBJECTS = (("__detector__", Detector), ("__aggregator__", Aggregator))
+
+
 def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -169,31 +173,18 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
                 for i, (k, v) in enumerate(value.items())
             ]
         }
-    if isinstance(value, Detector):
-        return {
-            "__detector__": _class_name(type(value)),
-            "params": _encode(value.get_params(deep=False), arrays, f"{key}.params"),
-            "state": _encode(value._get_state(), arrays, f"{key}.state"),
-        }
-    if isinstance(value, Aggregator):
-        return {
-            "__aggregator__": _class_name(type(value)),
-            "params": _encode(value.get_params(), arrays, f"{key}.params"),
-            "state": _encode(_learned(value), arrays, f"{key}.state"),
-        }
+    for tag, base in _OBJECTS:
+        if isinstance(value, base):
+            return {
+                tag: _class_name(type(value)),
+                "params": _encode(value.get_params(deep=False), arrays, f"{key}.params"),
+                "state": _encode(value._get_state(), arrays, f"{key}.state"),
+            }
     raise TypeError(
         f"Cannot save {key} of type {type(value).__name__}: only numbers, strings, arrays, lists, dicts, "
         "detectors and aggregators are saved. A detector holding other objects must override _get_state / "
         "_set_state."
     )
-
-
-def _learned(aggregator: Aggregator) -> dict[str, Any]:
-    return {key: v for key, v in vars(aggregator).items() if _is_learned_name(key)}
-
-
-def _is_learned_name(key: Any) -> bool:
-    return isinstance(key, str) and key.isidentifier() and key.endswith("_") and not key.startswith("_")
 
 
 def _decode(value: Any, arrays: _ArrayReader) -> Any:
@@ -210,28 +201,20 @@ def _decode(value: Any, arrays: _ArrayReader) -> Any:
         return tuple(_decode(item, arrays) for item in value["__tuple__"])
     if "__items__" in value:
         return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
-    if "__detector__" in value:
-        cls = _subclasses(Detector).get(value["__detector__"])
-        if cls is None:
-            raise DetectorFileError(
-                f"Unknown detector class {value['__detector__']!r}; import the module that defines it first."
-            )
-        detector = cls(**_decode(value["params"], arrays))
-        detector._set_state(_decode(value["state"], arrays))
-        return detector
-    if "__aggregator__" in value:
-        cls = _subclasses(Aggregator).get(value["__aggregator__"])
-        if cls is None:
-            raise DetectorFileError(
-                f"Unknown aggregator class {value['__aggregator__']!r}; import the module defining it first."
-            )
-        aggregator = cls(**_decode(value["params"], arrays))
-        state = _decode(value["state"], arrays)
-        if not isinstance(state, dict) or not all(_is_learned_name(key) for key in state):
-            raise DetectorFileError("Malformed aggregator state in the detector file.")
-        for key, learned in state.items():
-            setattr(aggregator, key, learned)
-        return aggregator
+    for tag, base in _OBJECTS:
+        if tag in value:
+            cls = _subclasses(base).get(value[tag])
+            if cls is None:
+                kind = base.__name__.lower()
+                raise DetectorFileError(
+                    f"Unknown {kind} class {value[tag]!r}; import the module defining it first."
+                )
+            state = _decode(value["state"], arrays)
+            if not isinstance(state, dict) or not all(is_learned_name(name) for name in state):
+                raise DetectorFileError(f"Malformed {base.__name__.lower()} state in the detector file.")
+            obj = cls(**_decode(value["params"], arrays))
+            obj._set_state(state)
+            return obj
     raise DetectorFileError(f"Unexpected entry in the detector file: {sorted(value)}.")
 
 

@@ -27,12 +27,12 @@ import numpy as np
 
 from .._params import Constraint, InstanceOf, Options, validate_params
 from ..features import Features
-from .base import Detector, NotFittedError, clone
+from .base import Detector, LearnedState, NotFittedError, clone
 
 __all__ = ["Aggregator", "FisherAggregator", "MeanNormalizedAggregator", "StdNormalizedAggregator"]
 
 
-class Aggregator:
+class Aggregator(LearnedState):
     """Base class of multi-layer score aggregators.
 
     ``fit(layer_scores)`` learns from the per-layer scores of the fit data, an array [N, L] (one column per
@@ -46,8 +46,7 @@ class Aggregator:
         """Learn the per-layer normalisation from fit-data scores [N, L]; returns ``self``."""
         validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
         scores = _as_layer_scores(layer_scores, type(self).__name__)
-        for key in [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]:
-            delattr(self, key)
+        self._reset()
         self._fit(scores)
         self.n_layers_ = scores.shape[1]
         return self

@@ -59,7 +59,33 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a detector that learns from ID data is used before ``fit``."""
 
 
-class Detector:
+def is_learned_name(key: Any) -> bool:
+    """Whether ``key`` names learned state: an identifier ending with ``_`` and not starting with one."""
+    return isinstance(key, str) and key.isidentifier() and key.endswith("_") and not key.startswith("_")
+
+
+class LearnedState:
+    """What fitted objects (detectors, aggregators) share: learned state lives in attributes named like
+    ``mean_``, is cleared on refit, and is what ``save`` writes and ``load`` restores."""
+
+    def _learned_attributes(self) -> list[str]:
+        return [key for key in vars(self) if is_learned_name(key)]
+
+    def _reset(self) -> None:
+        for key in self._learned_attributes():
+            delattr(self, key)
+
+    def _get_state(self) -> dict[str, Any]:
+        """Learned state to save: by default every learned attribute. Classes whose state holds objects that
+        are not arrays, numbers, strings, detectors or aggregators override this and :meth:`_set_state`."""
+        return {key: getattr(self, key) for key in self._learned_attributes()}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class Detector(LearnedState):
     """Base class of all detectors; see the module docstring for the contract.
 
     Class attributes
@@ -280,15 +306,6 @@ class Detector:
 
         return save(self, path)
 
-    def _get_state(self) -> dict[str, Any]:
-        """Learned state to save: by default every attribute ending with ``_``. Methods whose state holds
-        objects that are not arrays, numbers, strings or detectors override this and :meth:`_set_state`."""
-        return {key: getattr(self, key) for key in self._learned_attributes()}
-
-    def _set_state(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
     # --- what a method implements -------------------------------------------------------------------------
 
     def _fit(self, features: Features) -> None:  # noqa: B027 - stateless detectors learn nothing
@@ -338,13 +355,6 @@ class Detector:
 
     _model: Any = None
     _pass_options: dict[str, Any] | None = None
-
-    def _learned_attributes(self) -> list[str]:
-        return [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]
-
-    def _reset(self) -> None:
-        for key in self._learned_attributes():
-            delattr(self, key)
 
     def _check_is_fitted(self) -> None:
         if not self._learned_attributes():
