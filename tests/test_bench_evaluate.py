@@ -14,6 +14,7 @@ import pytest
 from oodscope import (
     ASH,
     GEN,
+    KNN,
     MLS,
     MSP,
     ODIN,
@@ -319,6 +320,32 @@ def test_the_same_data_given_twice_is_run_once(data):
     )
     assert model.calls == 3 + 2 and report.n_samples["fit"] == report.n_samples["id"] == 30
     assert report.timings["extract"]["fit"] > 0 and report.timings["extract"]["id"] == 0.0
+
+
+def test_each_datasets_activations_are_released_before_the_next_pass(data, monkeypatch):
+    import gc
+    import weakref
+
+    from oodscope.bench import _common
+
+    fit, ind, oods = data
+    extract_features, alive = _common.ExtractionPlan.features, []
+
+    def watched(plan, name, given, timings):
+        gc.collect()
+        alive.append([key for key, ref in refs if ref() is not None])
+        features = extract_features(plan, name, given, timings)
+        refs.append((name, weakref.ref(features.layers[("penultimate", 0)])))
+        return features
+
+    refs: list = []
+    monkeypatch.setattr(_common.ExtractionPlan, "features", watched)
+    evaluate(CountingModel(), fit, ind, oods, [ReAct(), KNN(k=3)], batch_size=BATCH, progress=False)
+    assert [name for name, _ in refs] == ["fit", "id", "ood:shifted", "ood:wide", "ood:flat"]
+    assert alive == [[]] * 5, "no earlier dataset's activations are held when the next pass starts"
+    refs.clear()
+    evaluate(CountingModel(), ind, ind, {"wide": oods["wide"]}, [ReAct()], batch_size=BATCH, progress=False)
+    assert alive[-2:] == [["fit"], []], "the same data as fit and ID data is kept until its second use"
 
 
 def test_missing_fit_data_and_unknown_layers_are_recorded(data):

@@ -165,7 +165,7 @@ def test_shapings_inside_sharing_give_the_same_scores_and_share_their_work(monke
     w, b = rng.normal(size=(10, 1600)).astype(np.float32) * 0.05, np.zeros(10, np.float32)
     fit = Features(layers={"penultimate": h[:1200]}, head_weight=w, head_bias=b)
     test = Features(layers={"penultimate": h}, head_weight=w, head_bias=b)
-    detectors = [ReAct(), ReAct(GEN()), ASH(), ASH(percentile=65), SCALE(), SCALE(percentile=60)]
+    detectors = [ReAct(), ReAct(GEN()), ASH(), ASH(MSP()), ASH(percentile=65), SCALE(), SCALE(percentile=60)]
     assert len(h) * h.shape[1] >= 1 << 22, "large enough for the threaded blocks"
     alone = [det.fit(fit).score(test).scores for det in detectors]
 
@@ -186,7 +186,7 @@ def test_shapings_inside_sharing_give_the_same_scores_and_share_their_work(monke
     for one, other in zip(alone, shared, strict=True):
         np.testing.assert_array_equal(other, one)
     assert calls["percentile"] == 1, "both ReActs clip at the same fit percentile"
-    assert calls["shape"] == 5, "ReAct() and ReAct(GEN()) share their recomputed logits"
+    assert calls["shape"] == 5, "ReAct() / ReAct(GEN()) and ASH() / ASH(MSP()) share their recomputed logits"
     assert shaping._MEMO.get(None) is None, "nothing is kept after the block"
 
 
@@ -206,3 +206,16 @@ def test_a_new_shaping_needs_only_its_parts():
     np.testing.assert_allclose(Halve().score(TEST).scores, expected, rtol=1e-12)
     with shaping.sharing():  # shares nothing, but works inside evaluate and tune
         np.testing.assert_allclose(Halve().score(TEST).scores, expected, rtol=1e-12)
+
+
+def test_ash_and_scale_treat_negative_zero_as_zero():
+    # the top-k reads non-negative floats as integers; -0.0 is the one value whose bit pattern sorts apart
+    rng = np.random.default_rng(4)
+    h = np.maximum(rng.normal(0.0, 1.0, (60, DIM)), 0.0).astype(np.float32)
+    negative_zero = np.where(h == 0, np.float32(-0.0), h)
+    assert np.signbit(negative_zero).any()
+    w, b = W.astype(np.float32), B.astype(np.float32)
+    for det in [shaping(percentile=p) for shaping in (ASH, SCALE) for p in (30, 65, 90)]:
+        plain = det.score(Features(layers={"penultimate": h}, head_weight=w, head_bias=b)).scores
+        signed = det.score(Features(layers={"penultimate": negative_zero}, head_weight=w, head_bias=b)).scores
+        np.testing.assert_array_equal(signed, plain)
