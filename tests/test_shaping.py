@@ -199,7 +199,7 @@ def test_a_new_shaping_needs_only_its_parts():
         def __init__(self, detector=None):
             self.detector = detector
 
-        def _parts(self, h):
+        def _parts(self, h, scratch):
             return h * 0.5, None
 
     expected = energy(0.5 * TEST.layer("penultimate") @ W.T + B)
@@ -219,3 +219,25 @@ def test_ash_and_scale_treat_negative_zero_as_zero():
         plain = det.score(Features(layers={"penultimate": h}, head_weight=w, head_bias=b)).scores
         signed = det.score(Features(layers={"penultimate": negative_zero}, head_weight=w, head_bias=b)).scores
         np.testing.assert_array_equal(signed, plain)
+
+
+def test_blocked_threaded_shaping_equals_one_shot_on_the_whole_array():
+    # large enough for several threads, each reusing its work arrays over blocks of ~256k values; the
+    # last block is shorter than the others
+    from oodscope.shaping import ash, react, scale
+
+    rng = np.random.default_rng(8)
+    h = np.maximum(rng.normal(0.2, 1.0, (2999, 1403)), 0.0).astype(np.float32)
+    w = rng.normal(size=(7, 1403)).astype(np.float32)
+    b = rng.normal(size=7).astype(np.float32)
+    feats = Features(layers={"penultimate": h}, head_weight=w, head_bias=b)
+    react_det = ReAct(percentile=80).fit(feats)
+    cases = [
+        (react_det, react(h, react_det.clip_value_)),
+        (ASH(percentile=85), ash(h, 85)),
+        (ASH(percentile=70, variant="p"), ash(h, 70, variant="p")),
+        (SCALE(percentile=90), scale(h, 90)),
+    ]
+    for det, shaped in cases:
+        expected = energy(shaped.astype(np.float64) @ w.T.astype(np.float64) + b)
+        np.testing.assert_allclose(det.score(feats).scores, expected, rtol=2e-5, atol=1e-4)
