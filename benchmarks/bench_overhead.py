@@ -7,10 +7,12 @@ Prints, per framework, on 10,000 random 28x28 inputs in batches of 128:
     three shaping variants on the cached Features, / one bare pass (target <= 1.3).
 
 The three are run in interleaved rounds. Each ratio is the median over rounds of the ratio within a round
-(times taken seconds apart, so that the machine's drifting speed cancels out); the best times over all rounds
-are printed beside them.
+(times taken seconds apart, so that the machine's drifting speed cancels out), followed by the interquartile
+range of the per-round ratios in brackets; the best times over all rounds are printed beside them. On a
+2-core virtual machine a single torch pass varies by +-15% from one to the next (most of it is the kernel
+faulting in the memory that torch's allocator hands back after every batch), hence the many rounds.
 
-Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 11] [--frameworks torch keras]
+Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 21] [--frameworks torch keras]
 """
 
 from __future__ import annotations
@@ -75,17 +77,24 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
+def summary(ratios: np.ndarray) -> str:
+    """The median and, in brackets, the interquartile range of per-round ratios."""
+    q25, median, q75 = np.percentile(ratios, [25, 50, 75])
+    return f"{median:>10.3f} [{q25:.2f}-{q75:.2f}]"  # 22 characters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--frameworks", nargs="+", default=["torch", "keras"])
     args = parser.parse_args()
-    print(f"{args.n} inputs of 28x28, batch {BATCH}, {args.repeats} rounds (best times, median ratios)")
-    columns = ("bare pass", "GEN.score", "ratio (a)", "extract+8", "ratio (b)")
-    print(f"{'framework':<10} " + " ".join(f"{column:>10}" for column in columns))
+    print(f"{args.n} inputs of 28x28, batch {BATCH}, {args.repeats} rounds (best times, median ratios [IQR])")
+    columns = ("bare pass", "GEN.score", "ratio (a) [IQR]", "extract+8", "ratio (b) [IQR]")
+    widths = (10, 10, 22, 10, 22)
+    print(f"{'framework':<10} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     for framework in args.frameworks:
         model, x, bare = (torch_setup if framework == "torch" else keras_setup)(args.n)
         gen = GEN().fit(model, batch_size=BATCH, progress=False)
@@ -102,12 +111,10 @@ def main() -> None:
             t_bare.append(best(bare, 1))
             t_gen.append(best(gen_score, 1))
             t_many.append(best(eight, 1))
-        ratio_a = np.median(np.array(t_gen) / np.array(t_bare))
-        ratio_b = np.median(np.array(t_many) / np.array(t_bare))
-        print(
-            f"{framework:<10} {min(t_bare):>9.3f}s {min(t_gen):>9.3f}s {ratio_a:>10.3f} {min(t_many):>9.3f}s "
-            f"{ratio_b:>10.3f}"
-        )
+        ratio_a = summary(np.array(t_gen) / np.array(t_bare))
+        ratio_b = summary(np.array(t_many) / np.array(t_bare))
+        times = f"{min(t_bare):>9.3f}s {min(t_gen):>9.3f}s"
+        print(f"{framework:<10} {times} {ratio_a} {min(t_many):>9.3f}s {ratio_b}")
 
 
 if __name__ == "__main__":
