@@ -15,7 +15,10 @@ round, which cancels the machine's drifting speed):
 - ``separately`` (context, with ``--separately``): each detector's own ``fit(model, fit)`` and
   ``score(data)``, i.e. a pass per detector and dataset.
 
+glibc's malloc thresholds are fixed first (see ``_allocator.py``); ``--default-allocator`` leaves them.
+
 Run: python benchmarks/bench_evaluate.py [--n 3000] [--repeats 5] [--frameworks torch keras] [--separately]
+     [--default-allocator]
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _allocator import fix_thresholds  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
 from oodscope.bench import evaluate  # noqa: E402
@@ -113,8 +118,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000, help="samples per dataset")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frameworks", nargs="+", default=["torch"], choices=["torch", "keras"])
+    parser.add_argument(
+        "--default-allocator", action="store_true", help="leave glibc's malloc thresholds as they are"
+    )
     parser.add_argument("--separately", action="store_true", help="also time each detector on its own")
     args = parser.parse_args()
+    print("allocator: as it is" if args.default_allocator else fix_thresholds())
     print(f"4 datasets x {args.n} inputs of 28x28, batch {BATCH}, 10 detectors, {args.repeats} rounds")
     header = f"{'framework':<10} {'extract':>9} {'evaluate':>9} {'ratio':>7} {'inside':>7}"
     print(header + (f" {'separately':>11}" if args.separately else ""))

@@ -9,10 +9,13 @@ Prints, per framework, on 10,000 random 28x28 inputs in batches of 128:
 The three are run in interleaved rounds. Each ratio is the median over rounds of the ratio within a round
 (times taken seconds apart, so that the machine's drifting speed cancels out), followed by the interquartile
 range of the per-round ratios in brackets; the best times over all rounds are printed beside them. On a
-2-core virtual machine a single torch pass varies by +-15% from one to the next (most of it is the kernel
-faulting in the memory that torch's allocator hands back after every batch), hence the many rounds.
+2-core virtual machine a single torch pass varies by +-15% from one to the next, hence the many rounds.
+glibc's malloc thresholds are fixed first
+(see ``_allocator.py``: otherwise whether a torch pass faults in its activations at every batch, which takes
+half its time, depends on the process's history); ``--default-allocator`` leaves them.
 
 Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 21] [--frameworks torch keras]
+     [--default-allocator]
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _allocator import fix_thresholds  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
 from oodscope.training import toy_convnet  # noqa: E402
@@ -90,7 +95,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--frameworks", nargs="+", default=["torch", "keras"])
+    parser.add_argument(
+        "--default-allocator", action="store_true", help="leave glibc's malloc thresholds as they are"
+    )
     args = parser.parse_args()
+    print("allocator: as it is" if args.default_allocator else fix_thresholds())
     print(f"{args.n} inputs of 28x28, batch {BATCH}, {args.repeats} rounds (best times, median ratios [IQR])")
     columns = ("bare pass", "GEN.score", "ratio (a) [IQR]", "extract+8", "ratio (b) [IQR]")
     widths = (10, 10, 22, 10, 22)
