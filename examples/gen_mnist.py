@@ -26,7 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from oodscope import GEN, bench_metrics  # noqa: E402
 from oodscope.data import OODDataset  # noqa: E402
 from oodscope.plots import plot_ood_scores, plot_roc_curve  # noqa: E402
-from oodscope.training import train_tf_model, train_torch_model  # noqa: E402
 
 METRICS = ["auroc", "fpr95tpr_ood", "fpr95tpr_id", "aupr_in", "aupr_out"]
 TIMES: dict[str, float] = {}
@@ -55,9 +54,15 @@ def accuracy(model, data, backend: str) -> float:
 
 
 def train(backend: str, data, num_classes: int, epochs: int, seed: int, save_dir: str, validation=None):
-    trainer, input_shape = (
-        (train_tf_model, (28, 28, 1)) if backend == "tensorflow" else (train_torch_model, (1, 28, 28))
-    )
+    # the trainer of the chosen framework only: the other one need not be installed
+    if backend == "tensorflow":
+        from oodscope.training import train_tf_model as trainer
+
+        input_shape = (28, 28, 1)
+    else:
+        from oodscope.training import train_torch_model as trainer
+
+        input_shape = (1, 28, 28)
     return trainer(
         data,
         model="toy_convnet",

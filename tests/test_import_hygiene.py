@@ -36,3 +36,24 @@ def test_ci_has_what_the_skippable_tests_need():
 
     assert len(OODDataset("fashion_mnist", load_kwargs={"split": "test"})) == 10_000
     assert len(OODDataset("animal_mnist")) == 10_000
+
+
+def test_the_gen_example_runs_with_only_the_framework_it_uses():
+    # README command 1 installs TensorFlow only; the example must not import torch for --backend tensorflow
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "gen_mnist.py"
+    code = (
+        "import runpy, sys\n"
+        "class NoTorch:  # as if torch were not installed\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"runpy.run_path({str(example)!r})  # its top level, not main()\n"
+        "from oodscope.training import train_tf_model\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False", "nothing imported torch"
