@@ -8,21 +8,35 @@ Prints, per framework, on 10,000 random 28x28 inputs in batches of 128:
 
 The three are run in interleaved rounds. Each ratio is the median over rounds of the ratio within a round
 (times taken seconds apart, so that the machine's drifting speed cancels out), followed by the interquartile
-range of the per-round ratios in brackets; the best times over all rounds are printed beside them. On a
-2-core virtual machine a single torch pass varies by +-15% from one to the next, hence the many rounds.
-glibc's malloc thresholds are fixed first
-(see ``_allocator.py``: otherwise whether a torch pass faults in its activations at every batch, which takes
-half its time, depends on the process's history); ``--default-allocator`` leaves them.
+range of the per-round ratios in brackets; the best times over all rounds are printed beside them, and the
+median page faults of one pass below. On a 2-core virtual machine a single torch pass varies by +-15% from one
+to the next, hence the many rounds.
 
-Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats 21] [--frameworks torch keras]
-     [--default-allocator]
+glibc's malloc state decides whether a torch pass faults in its activations again at every batch (half its
+time; see ``_allocator.py``), and that state depends on everything the process did before. Two ways to keep it
+from deciding the ratios:
+
+- by default, glibc's thresholds are fixed in this process, so that no pass faults; the bare loop then runs
+  at its fastest and a ratio to it is the strictest;
+- ``--default-allocator`` leaves glibc as it is and runs every pass of a round in a fresh process instead, so
+  that each of the three meets glibc's states as often as the others (``--passes`` timed passes per process,
+  their median, after one warm-up pass). In one process the ratio would compare two states of the allocator
+  rather than two pieces of code.
+
+Run: python benchmarks/bench_overhead.py [--n 10000] [--repeats R] [--frameworks torch keras]
+     [--default-allocator [--passes 3]]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,6 +48,7 @@ from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract 
 from oodscope.training import toy_convnet  # noqa: E402
 
 BATCH = 128
+ARMS = ("bare", "gen", "eight")
 
 
 def torch_setup(n: int):
@@ -73,13 +88,71 @@ def many_detectors(model, x) -> None:
         detector.fit(feats).score(feats)
 
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def passes(framework: str, n: int, arms: tuple[str, ...] = ARMS) -> dict[str, Callable[[], None]]:
+    """The timed passes over the same model and inputs, by arm; only the arms asked for are set up."""
+    model, x, bare = (torch_setup if framework == "torch" else keras_setup)(n)
+    fns: dict[str, Callable[[], None]] = {}
+    if "bare" in arms:
+        fns["bare"] = bare
+    if "gen" in arms:
+        gen = GEN().fit(model, batch_size=BATCH, progress=False)
+        fns["gen"] = lambda: gen.score(x)
+    if "eight" in arms:
+        fns["eight"] = lambda: many_detectors(model, x)
+    return fns
+
+
+def timed(fn: Callable[[], None]) -> tuple[float, int]:
+    """Seconds and minor page faults of one call."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def in_one_process(framework: str, n: int, rounds: int) -> dict[str, list[tuple[float, int]]]:
+    fns = passes(framework, n)
+    for fn in fns.values():  # warm-up (graph tracing, allocator)
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    results: dict[str, list[tuple[float, int]]] = {arm: [] for arm in fns}
+    for _ in range(rounds):  # interleaved, so that machine noise hits all three alike
+        for arm, fn in fns.items():
+            results[arm].append(timed(fn))
+    return results
+
+
+def child(arm: str, framework: str, n: int, count: int) -> None:
+    """Run in a fresh process: one warm-up pass, then ``count`` timed ones; prints their median as JSON."""
+    fn = passes(framework, n, (arm,))[arm]
+    fn()
+    runs = [timed(fn) for _ in range(count)]
+    seconds, faults = np.median([s for s, _ in runs]), np.median([f for _, f in runs])
+    print(json.dumps({"seconds": float(seconds), "faults": int(faults)}))
+
+
+def in_fresh_processes(framework: str, n: int, rounds: int, count: int) -> dict[str, list[tuple[float, int]]]:
+    results: dict[str, list[tuple[float, int]]] = {arm: [] for arm in ARMS}
+    for _ in range(rounds):
+        for arm in ARMS:
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                arm,
+                "--frameworks",
+                framework,
+                "--n",
+                str(n),
+            ]
+            done = subprocess.run(
+                [*command, "--passes", str(count)], capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"The {arm} pass on {framework} failed:\n{done.stderr[-3000:]}")
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            results[arm].append((measured["seconds"], measured["faults"]))
+    return results
 
 
 def summary(ratios: np.ndarray) -> str:
@@ -93,37 +166,46 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--repeats", type=int, help="default: 21 in one process, 9 in fresh processes")
     parser.add_argument("--frameworks", nargs="+", default=["torch", "keras"])
     parser.add_argument(
-        "--default-allocator", action="store_true", help="leave glibc's malloc thresholds as they are"
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are, and run each pass in a fresh process",
     )
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per fresh process")
+    parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print("allocator: as it is" if args.default_allocator else fix_thresholds())
-    print(f"{args.n} inputs of 28x28, batch {BATCH}, {args.repeats} rounds (best times, median ratios [IQR])")
+    if args.child:
+        child(args.child, args.frameworks[0], args.n, args.passes)
+        return
+    if args.default_allocator:
+        rounds = args.repeats or 9
+        print(
+            f"allocator: as it is; each pass in a fresh process ({args.passes} timed passes after a warm-up, "
+            "their median)"
+        )
+    else:
+        rounds = args.repeats or 21
+        print(fix_thresholds())
+    print(f"{args.n} inputs of 28x28, batch {BATCH}, {rounds} rounds (best times, median ratios [IQR])")
     columns = ("bare pass", "GEN.score", "ratio (a) [IQR]", "extract+8", "ratio (b) [IQR]")
     widths = (10, 10, 22, 10, 22)
     print(f"{'framework':<10} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    faults = []
     for framework in args.frameworks:
-        model, x, bare = (torch_setup if framework == "torch" else keras_setup)(args.n)
-        gen = GEN().fit(model, batch_size=BATCH, progress=False)
-
-        def gen_score() -> None:
-            gen.score(x)  # noqa: B023 - called within this iteration
-
-        def eight() -> None:
-            many_detectors(model, x)  # noqa: B023
-
-        bare(), gen_score(), eight()  # warm-up (graph tracing, allocator)
-        t_bare, t_gen, t_many = [], [], []
-        for _ in range(args.repeats):  # interleaved, so that machine noise hits all three alike
-            t_bare.append(best(bare, 1))
-            t_gen.append(best(gen_score, 1))
-            t_many.append(best(eight, 1))
-        ratio_a = summary(np.array(t_gen) / np.array(t_bare))
-        ratio_b = summary(np.array(t_many) / np.array(t_bare))
-        times = f"{min(t_bare):>9.3f}s {min(t_gen):>9.3f}s"
-        print(f"{framework:<10} {times} {ratio_a} {min(t_many):>9.3f}s {ratio_b}")
+        if args.default_allocator:
+            results = in_fresh_processes(framework, args.n, rounds, args.passes)
+        else:
+            results = in_one_process(framework, args.n, rounds)
+        seconds = {arm: np.array([s for s, _ in runs]) for arm, runs in results.items()}
+        ratio_a = summary(seconds["gen"] / seconds["bare"])
+        ratio_b = summary(seconds["eight"] / seconds["bare"])
+        times = f"{seconds['bare'].min():>9.3f}s {seconds['gen'].min():>9.3f}s"
+        print(f"{framework:<10} {times} {ratio_a} {seconds['eight'].min():>9.3f}s {ratio_b}")
+        medians = (f"{arm} {int(np.median([f for _, f in runs])):,}" for arm, runs in results.items())
+        faults.append(f"  {framework}: {', '.join(medians)}")
+    print("page faults per pass (median):", *faults, sep="\n")
 
 
 if __name__ == "__main__":
