@@ -1,0 +1,82 @@
+"""The scripts in ``benchmarks/`` run end to end on tiny inputs and print finite ratios.
+
+They are not run anywhere else, so without this an API change could leave them broken until someone needs a
+measurement. Sizes here are far too small for the ratios to mean anything; only that they are printed is
+checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def ratios(line: str) -> list[float]:
+    """The ratios of a bench_overhead row: the numbers printed before an interquartile range."""
+    return [float(value) for value in re.findall(r"(\d+\.\d+) \[\d", line)]
+
+
+def rows(out: str, framework: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(framework + " ")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], ["--default-allocator", "--passes", "1"]], ids=["fixed", "fresh"])
+def test_bench_overhead_prints_both_ratios(mode):
+    pytest.importorskip("torch")
+    out = run("bench_overhead.py", "--n", "256", "--repeats", "1", "--frameworks", "torch", *mode)
+    (row,) = rows(out, "torch")
+    found = ratios(row)
+    assert len(found) == 2 and all(math.isfinite(r) and r > 0 for r in found), row
+    assert re.search(r"torch: bare [\d,]+, gen [\d,]+, eight [\d,]+", out), out
+
+
+@pytest.mark.slow
+def test_bench_overhead_on_keras():
+    pytest.importorskip("keras")
+    out = run("bench_overhead.py", "--n", "256", "--repeats", "1", "--frameworks", "keras")
+    (row,) = rows(out, "keras")
+    assert len(ratios(row)) == 2, row
+
+
+@pytest.mark.slow
+def test_bench_evaluate_runs():
+    pytest.importorskip("torch")
+    out = run("bench_evaluate.py", "--n", "200", "--repeats", "1", "--frameworks", "torch")
+    (row,) = rows(out, "torch")
+    numbers = [float(value) for value in re.findall(r"\d+\.\d+", row)]
+    assert numbers and all(math.isfinite(n) for n in numbers), row
+
+
+def test_bench_feature_detectors_runs():
+    out = run(
+        "bench_feature_detectors.py", "--n-fit", "1000", "--n-test", "300", "--dim", "16", "--repeats", "1"
+    )
+    for name in ("KNN", "Mahalanobis", "ViM", "Gram"):
+        assert any(line.startswith(name) for line in out.splitlines()), out
+
+
+def test_bench_metrics_checks_against_scikit_learn():
+    out = run("bench_metrics.py")
+    assert "auroc matches sklearn roc_auc_score" in out, out
