@@ -15,23 +15,28 @@ round, which cancels the machine's drifting speed):
 - ``separately`` (context, with ``--separately``): each detector's own ``fit(model, fit)`` and
   ``score(data)``, i.e. a pass per detector and dataset.
 
-glibc's malloc thresholds are fixed first (see ``_allocator.py``); ``--default-allocator`` leaves them.
+glibc's malloc thresholds are fixed first (see ``_allocator.py``). ``--default-allocator`` leaves them and
+runs each of the two in a fresh process per round instead (one warm-up, then ``--passes`` timed calls, their
+median), so that both meet glibc's states alike; ``--separately`` is then not available.
 
 Run: python benchmarks/bench_evaluate.py [--n 3000] [--repeats 5] [--frameworks torch keras] [--separately]
-     [--default-allocator]
+     [--default-allocator [--passes 3]]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _allocator import fix_thresholds  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _fresh import run_child  # noqa: E402
 
 from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
 from oodscope.bench import evaluate  # noqa: E402
@@ -74,16 +79,16 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench(framework: str, n: int, repeats: int, with_separately: bool) -> str:
+def arms(framework: str, n: int) -> tuple[dict[str, Callable[[], None]], list]:
+    """The two timed calls, and the list that collects the reports of ``evaluate``."""
     model, shape = torch_model() if framework == "torch" else keras_model()
     data = datasets(n, shape)
     oods = {"ood_a": data["ood_a"], "ood_b": data["ood_b"]}
+    reports: list = []
 
     def one_pass() -> None:
         for values in data.values():
             extract(model, values, ["penultimate"], batch_size=BATCH, with_head=True, progress=False)
-
-    reports = []
 
     def run_evaluate() -> None:
         detectors = ten_detectors()
@@ -97,18 +102,47 @@ def bench(framework: str, n: int, repeats: int, with_separately: bool) -> str:
             for key in ("id", "ood_a", "ood_b"):
                 detector.score(data[key])
 
-    one_pass(), run_evaluate()  # warm-up (allocator, graph tracing)
+    return {"extract": one_pass, "evaluate": run_evaluate, "separately": separately}, reports
+
+
+def inside(reports: list) -> float:
+    """evaluate's total time / the time of its own extraction passes, median over reports."""
+    return float(np.median([r.timings["total"] / sum(r.timings["extract"].values()) for r in reports]))
+
+
+Measured = tuple[list[float], list[float], float, str]  # extract times, evaluate times, inside, extra column
+
+
+def in_one_process(framework: str, n: int, repeats: int, with_separately: bool) -> Measured:
+    fns, reports = arms(framework, n)
+    fns["extract"](), fns["evaluate"]()  # warm-up (allocator, graph tracing)
     reports.clear()
     t_pass, t_eval = [], []
     for _ in range(repeats):  # interleaved, so that machine noise hits both alike
-        t_pass.append(timed(one_pass))
-        t_eval.append(timed(run_evaluate))
-    ratio = float(np.median(np.array(t_eval) / np.array(t_pass)))
-    inside = float(np.median([r.timings["total"] / sum(r.timings["extract"].values()) for r in reports]))
-    line = f"{framework:<10} {min(t_pass):>8.3f}s {min(t_eval):>8.3f}s {ratio:>7.3f} {inside:>7.3f}"
-    if with_separately:
-        line += f" {timed(separately):>10.3f}s"
-    return line
+        t_pass.append(timed(fns["extract"]))
+        t_eval.append(timed(fns["evaluate"]))
+    extra = f" {timed(fns['separately']):>10.3f}s" if with_separately else ""
+    return t_pass, t_eval, inside(reports), extra
+
+
+def child(arm: str, framework: str, n: int, count: int) -> None:
+    """In a fresh process: one warm-up call of ``arm``, then ``count`` timed ones; prints their median."""
+    fns, reports = arms(framework, n)
+    fns[arm]()
+    reports.clear()
+    seconds = float(np.median([timed(fns[arm]) for _ in range(count)]))
+    print(json.dumps({"seconds": seconds, "inside": inside(reports) if reports else None}))
+
+
+def in_fresh_processes(framework: str, n: int, repeats: int, count: int) -> Measured:
+    t_pass, t_eval, insides = [], [], []
+    args = ["--frameworks", framework, "--n", str(n), "--passes", str(count)]
+    for _ in range(repeats):
+        t_pass.append(run_child(__file__, "extract", args)["seconds"])
+        measured = run_child(__file__, "evaluate", args)
+        t_eval.append(measured["seconds"])
+        insides.append(measured["inside"])
+    return t_pass, t_eval, float(np.median(insides)), ""
 
 
 def main() -> None:
@@ -119,16 +153,37 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frameworks", nargs="+", default=["torch"], choices=["torch", "keras"])
     parser.add_argument(
-        "--default-allocator", action="store_true", help="leave glibc's malloc thresholds as they are"
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are, and run each call in a fresh process",
     )
+    parser.add_argument("--passes", type=int, default=3, help="timed calls per fresh process")
     parser.add_argument("--separately", action="store_true", help="also time each detector on its own")
+    parser.add_argument("--child", choices=["extract", "evaluate"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print("allocator: as it is" if args.default_allocator else fix_thresholds())
+    if args.child:
+        child(args.child, args.frameworks[0], args.n, args.passes)
+        return
+    if args.default_allocator and args.separately:
+        parser.error("--separately runs in one process; leave out --default-allocator")
+    if args.default_allocator:
+        print(
+            f"allocator: as it is; each call in a fresh process ({args.passes} timed after a warm-up, median)"
+        )
+    else:
+        print(fix_thresholds())
     print(f"4 datasets x {args.n} inputs of 28x28, batch {BATCH}, 10 detectors, {args.repeats} rounds")
     header = f"{'framework':<10} {'extract':>9} {'evaluate':>9} {'ratio':>7} {'inside':>7}"
     print(header + (f" {'separately':>11}" if args.separately else ""))
     for framework in args.frameworks:
-        print(bench(framework, args.n, args.repeats, args.separately))
+        if args.default_allocator:
+            t_pass, t_eval, within, extra = in_fresh_processes(framework, args.n, args.repeats, args.passes)
+        else:
+            t_pass, t_eval, within, extra = in_one_process(framework, args.n, args.repeats, args.separately)
+        ratio = float(np.median(np.array(t_eval) / np.array(t_pass)))
+        print(
+            f"{framework:<10} {min(t_pass):>8.3f}s {min(t_eval):>8.3f}s {ratio:>7.3f} {within:>7.3f}{extra}"
+        )
 
 
 if __name__ == "__main__":

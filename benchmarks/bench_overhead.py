@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -43,6 +41,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _allocator import fix_thresholds  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _fresh import run_child  # noqa: E402
 
 from oodscope import ASH, GEN, MLS, MSP, SCALE, Energy, Entropy, ReAct, extract  # noqa: E402
 from oodscope.training import toy_convnet  # noqa: E402
@@ -135,22 +134,8 @@ def in_fresh_processes(framework: str, n: int, rounds: int, count: int) -> dict[
     results: dict[str, list[tuple[float, int]]] = {arm: [] for arm in ARMS}
     for _ in range(rounds):
         for arm in ARMS:
-            command = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--child",
-                arm,
-                "--frameworks",
-                framework,
-                "--n",
-                str(n),
-            ]
-            done = subprocess.run(
-                [*command, "--passes", str(count)], capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"The {arm} pass on {framework} failed:\n{done.stderr[-3000:]}")
-            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            args = ["--frameworks", framework, "--n", str(n), "--passes", str(count)]
+            measured = run_child(__file__, arm, args)
             results[arm].append((measured["seconds"], measured["faults"]))
     return results
 

@@ -61,9 +61,10 @@ def test_bench_overhead_on_keras():
 
 
 @pytest.mark.slow
-def test_bench_evaluate_runs():
+@pytest.mark.parametrize("mode", [[], ["--default-allocator", "--passes", "1"]], ids=["fixed", "fresh"])
+def test_bench_evaluate_runs(mode):
     pytest.importorskip("torch")
-    out = run("bench_evaluate.py", "--n", "200", "--repeats", "1", "--frameworks", "torch")
+    out = run("bench_evaluate.py", "--n", "200", "--repeats", "1", "--frameworks", "torch", *mode)
     (row,) = rows(out, "torch")
     numbers = [float(value) for value in re.findall(r"\d+\.\d+", row)]
     assert numbers and all(math.isfinite(n) for n in numbers), row
