@@ -623,3 +623,14 @@ def test_a_layer_given_new_variables_is_rebuilt_not_read_stale(x):
     logits = rebuilt.run_batch(x)[0]
     np.testing.assert_allclose(logits, numpy(model(x, training=False)), atol=1e-5)
     assert not np.allclose(logits, before)
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes need Python 3.11")
+def test_an_error_inside_a_keras_model_says_which_batch():
+    from oodscope import extract
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    channels_first = np.zeros((5, 1, 8, 8), np.float32)  # torch layout for a channels-last model
+    with pytest.raises(ValueError) as error:
+        extract(model, channels_first)
+    assert "batch 1: inputs of shape (5, 1, 8, 8), float32" in " ".join(error.value.__notes__)

@@ -130,3 +130,14 @@ def test_exit_codes(saved, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--help"])
     assert exit_info.value.code == 0
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes need Python 3.11")
+def test_a_model_error_is_reported_with_its_batch(saved, tmp_path, capsys):
+    folder, model_path = saved
+    GEN().fit(torch.nn.Linear(2, 2)).save(tmp_path / "gen.oodscope")
+    np.savez(tmp_path / "small.npz", x=np.zeros((10, 6, 6, 1), np.uint8))  # 6x6 images for an 8x8 model
+    args = ["score", "--detector", str(tmp_path / "gen.oodscope"), "--model", str(model_path)]
+    assert main([*args, "--inputs", str(tmp_path / "small.npz"), "--out", str(tmp_path / "s.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "error: RuntimeError" in err and "batch 1: inputs of shape (10, 1, 6, 6)" in err, err

@@ -138,6 +138,42 @@ def test_bad_postprocessing_and_data_are_explained(model, data):
         extract(object(), x)
 
 
+def notes(error: pytest.ExceptionInfo) -> str:
+    return " ".join(getattr(error.value, "__notes__", []))
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes need Python 3.11")
+def test_an_error_inside_the_model_says_which_batch_and_how_the_data_was_read(model, data):
+    x, y = data
+    images = (np.abs(x) * 100).astype(np.uint8)
+    with pytest.raises(RuntimeError) as error:  # torch's own message is kept as it is
+        extract(model, images)
+    assert "batch 1: inputs of shape (50, 1, 8, 8), uint8" in notes(error)
+    assert "x.astype('float32') / 255" in notes(error)
+
+    samples = list(x[:3])  # three samples, read as three batches of shape (1, 8, 8)
+    with pytest.raises(RuntimeError) as error:
+        GEN().fit(model).score(samples)
+    assert "shape (1, 8, 8), float32" in notes(error) and "np.stack(samples)" in notes(error)
+    assert "uint8" not in notes(error)
+
+    class FailsOnThirdBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.calls = make_model(), 0
+
+        def forward(self, inputs):
+            self.calls += 1
+            if self.calls == 3:
+                raise ValueError("the user's own error")
+            return self.body(inputs)
+
+    with pytest.raises(ValueError, match="the user's own error") as error:
+        extract(FailsOnThirdBatch(), (x, y), batch_size=20)
+    assert "batch 3: inputs of shape (10, 1, 8, 8), float32" in notes(error)
+    assert "sequence of batches" not in notes(error)  # (inputs, labels) is sliced, not read as batches
+
+
 class CountingModel(nn.Module):
     def __init__(self):
         super().__init__()

@@ -81,3 +81,13 @@ def test_model_level_odin(case):
     np.testing.assert_allclose(result.info["logits"], expected_logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(result.scores, odin_score(expected_logits, 5.0), rtol=1e-4, atol=1e-6)
     assert (result.scores <= plain + 1e-6).mean() > 0.9, "the perturbation raises the confidence"
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes need Python 3.11")
+def test_an_error_inside_the_model_says_which_batch():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    detector = ODIN().fit(model)
+    with pytest.raises(RuntimeError) as error:  # 5 features per sample where the model takes 12
+        detector.score(np.zeros((7, 5), np.float32), batch_size=4)
+    assert "batch 1: inputs of shape (4, 5), float32" in " ".join(error.value.__notes__)

@@ -17,6 +17,7 @@ turned into class indices).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -189,3 +190,29 @@ def iter_batches(
 def check_batch_size(batch_size: Any) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+
+
+def note_failed_batch(error: BaseException, number: int, inputs: Any, data: Any) -> None:
+    """Add to ``error`` (raised while the model ran on batch ``number``, counted from 1) what that batch was.
+
+    The model's own message says what went wrong inside it, but not which batch it was given, nor how
+    oodscope cut the data into batches; the note says both, with a hint for two common mistakes. Python 3.10
+    has no exception notes, so there the error is left as it is.
+    """
+    if not hasattr(error, "add_note"):
+        return
+    shape = tuple(getattr(inputs, "shape", ()))
+    dtype = str(getattr(inputs, "dtype", type(inputs).__name__))
+    lines = [f"oodscope: raised while running the model on batch {number}: inputs of shape {shape}, {dtype}."]
+    if re.search(r"\bu?int\d*\b", dtype):  # numpy "uint8", torch "torch.uint8", TensorFlow "<dtype: 'uint8'>"
+        lines.append(
+            "Integer inputs reach the model as they are (token ids must stay integers). If these are images "
+            "for a model trained on floats, convert them as in training, e.g. x.astype('float32') / 255."
+        )
+    pair = isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data)
+    if isinstance(data, (list, tuple)) and not pair:
+        lines.append(
+            f"A {type(data).__name__} is read as a sequence of batches (each an array, or (inputs, labels)), "
+            "so this batch is one of its elements. To pass single samples, stack them: np.stack(samples)."
+        )
+    error.add_note(" ".join(lines))

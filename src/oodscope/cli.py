@@ -141,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         sys.stderr.write(f"oodscope {args.command}: error: {type(error).__name__}: {error}\n")
+        for note in getattr(error, "__notes__", ()):  # e.g. which batch the model failed on
+            sys.stderr.write(f"  {note}\n")
         return 1
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._batches import count_batches, count_rows, iter_batches
+from ._batches import count_batches, count_rows, iter_batches, note_failed_batch
 from .backends import Backend, HeadNotLinearError, get_backend
 from .features import Features
 
@@ -191,6 +191,13 @@ def extract(
     Features
         Logits [N, C], the requested layers {id: [N, D]}, labels [N] when every batch had them, and the head
         weights when available.
+
+    Raises
+    ------
+    Exception
+        An error raised by the model keeps its type and message; on Python 3.11 and later it carries a note
+        with the batch number, the batch's shape and dtype, and a hint when the inputs are integers or the
+        data was a list read as batches.
     """
     layer_ids = _layer_list(feature_layers_id)
     postproc = _postproc_map(postproc_fns, layer_ids)
@@ -209,8 +216,12 @@ def extract(
         progress=progress,
         description="extract",
     ) as (runner, stream):
-        for inputs, batch_labels in stream:
-            batch_logits, activations = runner.run_batch(inputs)
+        for number, (inputs, batch_labels) in enumerate(stream, 1):
+            try:
+                batch_logits, activations = runner.run_batch(inputs)
+            except Exception as error:
+                note_failed_batch(error, number, inputs, data)
+                raise
             logits.add(batch_logits)
             for layer_id in layer_ids:
                 layers[layer_id].add(_reduce(layer_id, activations[layer_id], postproc.get(layer_id), runner))
