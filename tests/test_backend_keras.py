@@ -634,3 +634,9 @@ def test_an_error_inside_a_keras_model_says_which_batch():
     with pytest.raises(ValueError) as error:
         extract(model, channels_first)
     assert "batch 1: inputs of shape (5, 1, 8, 8), float32" in " ".join(error.value.__notes__)
+
+    samples = tf.data.Dataset.from_tensor_slices(np.zeros((5, 8, 8, 1), np.float32))  # not batched
+    with pytest.raises(ValueError) as error:
+        extract(model, samples)
+    notes = " ".join(error.value.__notes__)
+    assert "batch 1: inputs of shape (8, 8, 1), float32" in notes and "dataset.batch(128)" in notes

@@ -130,8 +130,10 @@ def test_bad_postprocessing_and_data_are_explained(model, data):
         extract(model, [])
     with pytest.raises(TypeError, match="Cannot iterate data of type int"):
         extract(model, 3)
-    with pytest.raises(ValueError, match="pass input_key"):
+    with pytest.raises(ValueError, match="pass input_key=..., e.g. input_key='pixels'"):
         extract(model, {"pixels": x})
+    with pytest.raises(ValueError, match=r"to fit\(model, ...\): its score\(\) calls reuse"):
+        GEN().fit(model).score([{"pixels": x, "y": y}])
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         extract(model, x, batch_size=0)
     with pytest.raises(TypeError, match="expected a torch.nn.Module or a keras.Model"):

@@ -72,7 +72,9 @@ def pick_keys(
         input_key = next((key for key in INPUT_KEYS if key in batch), None)
         if input_key is None:
             raise ValueError(
-                f"Cannot tell which entry of the batch is the input among {keys}; pass input_key=..."
+                f"Cannot tell which entry of the batch is the input among {keys}; pass input_key=..., e.g. "
+                f"input_key={keys[0]!r} if that is the input (for a detector, to fit(model, ...): its "
+                "score() calls reuse the options of fit)."
             )
     elif input_key not in batch:
         raise KeyError(f"input_key={input_key!r} is not in the batch; its keys are {keys}.")
@@ -208,6 +210,11 @@ def note_failed_batch(error: BaseException, number: int, inputs: Any, data: Any)
         lines.append(
             "Integer inputs reach the model as they are (token ids must stay integers). If these are images "
             "for a model trained on floats, convert them as in training, e.g. x.astype('float32') / 255."
+        )
+    if _is_tf_dataset(data):
+        lines.append(
+            "A tf.data.Dataset is read batch by batch as it yields; if it yields single samples, batch it "
+            "first: dataset.batch(128)."
         )
     pair = isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data)
     if isinstance(data, (list, tuple)) and not pair:
