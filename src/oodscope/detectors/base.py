@@ -198,8 +198,8 @@ class Detector(LearnedState):
         if getattr(self, "_model", None) is None:
             raise TypeError(
                 f"{type(self).__name__}.score() got {type(data).__name__}, not Features, and no model is "
-                "known: "
-                "call fit(model, ...) first to score data through the model, or pass oodscope.Features."
+                "known: call fit(model, ...) first to score data through the model (for a saved detector, "
+                "load(path, model=model)), or pass oodscope.Features."
             )
         options = dict(self._pass_options)
         if batch_size is not None:
