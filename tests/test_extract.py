@@ -132,7 +132,7 @@ def test_bad_postprocessing_and_data_are_explained(model, data):
         extract(model, 3)
     with pytest.raises(ValueError, match="pass input_key=..., e.g. input_key='pixels'"):
         extract(model, {"pixels": x})
-    with pytest.raises(ValueError, match=r"to fit\(model, ...\): its score\(\) calls reuse"):
+    with pytest.raises(ValueError, match=r"in fit\(model, ...\), for every later pass, or in score"):
         GEN().fit(model).score([{"pixels": x, "y": y}])
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         extract(model, x, batch_size=0)
@@ -218,6 +218,24 @@ def test_model_level_scores_equal_array_level(model, data):
         array_level = detector.fit(feats_fit).score(feats)
         np.testing.assert_array_equal(model_level.scores, array_level.scores)
         np.testing.assert_array_equal(model_level.info["logits"], array_level.info["logits"])
+
+
+def test_score_takes_pass_options_for_one_call(model, data):
+    """OOD data may be batched differently from the fit data: score (and what calls it) takes the options."""
+    x, y = data
+    detector = ReAct(GEN()).fit(model, {"image": x, "label": y}, batch_size=16)
+    expected = detector.score(x).scores
+    ood = [{"pixels": x[:30], "target": y[:30]}, {"pixels": x[30:], "target": y[30:]}]
+    result = detector.score(ood, input_key="pixels", label_key="target", batch_size=7, progress=False)
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-6)
+    np.testing.assert_array_equal(result.info["labels"], y)
+    assert detector._pass_options["input_key"] is None and detector._pass_options["batch_size"] == 16
+
+    detector.calibrate(ood, input_key="pixels")
+    np.testing.assert_array_equal(detector.predict(ood, input_key="pixels"), expected > detector.threshold_)
+    assert detector.pvalues(ood, input_key="pixels").shape == (len(x),)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'head_layer_id'"):
+        detector.score(x, head_layer_id=-1)  # what a pass captures is fixed at fit
 
 
 def test_seed_style_fit_with_model_alone(model, data):

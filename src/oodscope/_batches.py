@@ -73,8 +73,8 @@ def pick_keys(
         if input_key is None:
             raise ValueError(
                 f"Cannot tell which entry of the batch is the input among {keys}; pass input_key=..., e.g. "
-                f"input_key={keys[0]!r} if that is the input (for a detector, to fit(model, ...): its "
-                "score() calls reuse the options of fit)."
+                f"input_key={keys[0]!r} if that is the input (a detector takes it in fit(model, ...), for "
+                "every later pass, or in score(...), for one)."
             )
     elif input_key not in batch:
         raise KeyError(f"input_key={input_key!r} is not in the batch; its keys are {keys}.")

@@ -179,10 +179,20 @@ class Detector(LearnedState):
             options = {**options, "postproc_fns": own or None}
         return extract(model, data, **options)
 
-    def score(self, data: Any, *, batch_size: int | None = None) -> ScoreResult:
+    def score(
+        self,
+        data: Any,
+        *,
+        batch_size: int | None = None,
+        input_key: str | None = None,
+        label_key: str | None = None,
+        progress: bool | None = None,
+    ) -> ScoreResult:
         """Score :class:`~oodscope.Features`, or data run through the model given to ``fit``.
 
-        Higher means more OOD. ``batch_size`` overrides the one given to ``fit`` (model level only).
+        Higher means more OOD. For data, the pass uses the options given to ``fit``; ``batch_size``,
+        ``input_key``, ``label_key`` and ``progress`` replace them for this call when given (e.g. OOD data
+        whose dict batches name the input differently). They do not apply to Features.
 
         Returns
         -------
@@ -201,9 +211,8 @@ class Detector(LearnedState):
                 "known: call fit(model, ...) first to score data through the model (for a saved detector, "
                 "load(path, model=model)), or pass oodscope.Features."
             )
-        options = dict(self._pass_options)
-        if batch_size is not None:
-            options["batch_size"] = batch_size
+        given = dict(batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress)
+        options = {**self._pass_options, **{key: value for key, value in given.items() if value is not None}}
         return self._score_data(data, options)
 
     def _fit_features(self, features: Features) -> Detector:
@@ -247,8 +256,11 @@ class Detector(LearnedState):
 
     # --- decisions: thresholds and conformal p-values ----------------------------------------------------
 
-    def calibrate(self, id_data: Any, tpr: float = 0.95) -> Detector:
+    def calibrate(self, id_data: Any, tpr: float = 0.95, **pass_options: Any) -> Detector:
         """Set a decision threshold from held-out in-distribution data; returns ``self``.
+
+        ``pass_options`` (``batch_size``, ``input_key``, ``label_key``, ``progress``) go to :meth:`score`, as
+        in :meth:`predict` and :meth:`pvalues`.
 
         ``threshold_`` is the smallest score that keeps at least ``tpr`` of the given ID samples (score
         <= threshold); ``predict`` then flags scores above it as OOD. The sorted scores are kept in
@@ -257,7 +269,7 @@ class Detector(LearnedState):
         """
         if not (isinstance(tpr, (int, float)) and 0 < tpr <= 1):
             raise ValueError(f"tpr must be in (0, 1] (e.g. 0.95 keeps 95% of ID data); got {tpr!r}.")
-        scores = np.sort(self.score(id_data).scores)
+        scores = np.sort(self.score(id_data, **pass_options).scores)
         n = scores.size
         kept = min(max(math.ceil(tpr * n), 1), n)  # the fewest samples k with k / n >= tpr, in float
         while kept > 1 and (kept - 1) / n >= tpr:
@@ -269,12 +281,12 @@ class Detector(LearnedState):
         self.calibration_scores_ = scores
         return self
 
-    def predict(self, data: Any) -> np.ndarray:
+    def predict(self, data: Any, **pass_options: Any) -> np.ndarray:
         """Boolean array, True where a sample is flagged OOD (score above ``threshold_``)."""
         self._check_calibrated()
-        return self.score(data).scores > self.threshold_
+        return self.score(data, **pass_options).scores > self.threshold_
 
-    def pvalues(self, data: Any) -> np.ndarray:
+    def pvalues(self, data: Any, **pass_options: Any) -> np.ndarray:
         """Conformal p-values of the samples against the calibration scores.
 
         p(x) = (1 + #{calibration scores >= s(x)}) / (n + 1). Guarantee: if the calibration samples and a
@@ -283,7 +295,7 @@ class Detector(LearnedState):
         average over calibration sets). Small p-values mean unlike the ID data.
         """
         self._check_calibrated()
-        scores = self.score(data).scores
+        scores = self.score(data, **pass_options).scores
         calibration = self.calibration_scores_
         at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
         return (1.0 + at_least) / (calibration.size + 1.0)
