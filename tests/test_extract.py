@@ -175,6 +175,10 @@ def test_an_error_inside_the_model_says_which_batch_and_how_the_data_was_read(mo
     assert "batch 3: inputs of shape (10, 1, 8, 8), float32" in notes(error)
     assert "sequence of batches" not in notes(error)  # (inputs, labels) is sliced, not read as batches
 
+    with pytest.raises(ValueError, match="pass input_key") as error:  # reading batch 2 fails, not batch 1
+        extract(model, [{"image": x[:10]}, {"pixels": x[10:]}])
+    assert notes(error) == ""
+
 
 class CountingModel(nn.Module):
     def __init__(self):

@@ -106,6 +106,12 @@ def split_batch(batch: Any, input_key: str | None = None, label_key: str | None 
     )
 
 
+def _is_pair(data: Any) -> bool:
+    """An ``(inputs, labels)`` tuple of arrays, which is sliced into batches (any other tuple is a sequence of
+    batches)."""
+    return isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data)
+
+
 def _is_tf_dataset(data: Any) -> bool:
     return type(data).__module__.startswith("tensorflow") and hasattr(data, "as_numpy_iterator")
 
@@ -163,7 +169,7 @@ def iter_batches(
     check_batch_size(batch_size)
     if is_array_like(data):
         stream: Any = _slices(data, None, batch_size)
-    elif isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data):
+    elif _is_pair(data):
         inputs, labels = data
         if len(inputs) != len(labels):
             raise ValueError(f"(inputs, labels) have different lengths: {len(inputs)} and {len(labels)}.")
@@ -195,17 +201,18 @@ def check_batch_size(batch_size: Any) -> None:
 
 
 def note_failed_batch(error: BaseException, number: int, inputs: Any, data: Any) -> None:
-    """Add to ``error`` (raised while the model ran on batch ``number``, counted from 1) what that batch was.
+    """Add to ``error`` (raised while a pass worked on batch ``number``, counted from 1) what that batch was.
 
     The model's own message says what went wrong inside it, but not which batch it was given, nor how
-    oodscope cut the data into batches; the note says both, with a hint for two common mistakes. Python 3.10
-    has no exception notes, so there the error is left as it is.
+    oodscope cut the data into batches; the note says both, with a hint for common mistakes (integer images,
+    a list of samples, an unbatched ``tf.data.Dataset``). Python 3.10 has no exception notes, so there the
+    error is left as it is.
     """
     if not hasattr(error, "add_note"):
         return
     shape = tuple(getattr(inputs, "shape", ()))
     dtype = str(getattr(inputs, "dtype", type(inputs).__name__))
-    lines = [f"oodscope: raised while running the model on batch {number}: inputs of shape {shape}, {dtype}."]
+    lines = [f"oodscope: raised during batch {number}: inputs of shape {shape}, {dtype}."]
     if re.search(r"\bu?int\d*\b", dtype):  # numpy "uint8", torch "torch.uint8", TensorFlow "<dtype: 'uint8'>"
         lines.append(
             "Integer inputs reach the model as they are (token ids must stay integers). If these are images "
@@ -216,8 +223,7 @@ def note_failed_batch(error: BaseException, number: int, inputs: Any, data: Any)
             "A tf.data.Dataset is read batch by batch as it yields; if it yields single samples, batch it "
             "first: dataset.batch(128)."
         )
-    pair = isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data)
-    if isinstance(data, (list, tuple)) and not pair:
+    if isinstance(data, (list, tuple)) and not _is_pair(data):
         lines.append(
             f"A {type(data).__name__} is read as a sequence of batches (each an array, or (inputs, labels)), "
             "so this batch is one of its elements. To pass single samples, stack them: np.stack(samples)."

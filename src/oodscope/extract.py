@@ -83,7 +83,9 @@ def model_pass(
 ) -> Iterator[tuple[Backend, Iterator[tuple[Any, np.ndarray | None]]]]:
     """Open one pass of ``model`` over ``data``: yields the backend and the batch iterator.
 
-    The backend's set-up (hooks, eval mode) is undone when the block exits, also on an exception.
+    The backend's set-up (hooks, eval mode) is undone when the block exits, also on an exception. An
+    exception raised in the block while it works on a batch (the model's own, most often) gets a note saying
+    which batch that was (see :func:`~oodscope._batches.note_failed_batch`).
     """
     from tqdm.auto import tqdm
 
@@ -98,11 +100,39 @@ def model_pass(
         delay=0 if progress else 2.0,  # by default, a bar only for passes that take a while
         leave=False,
     )
+    stream = _Current(bar)
     with runner:
         try:
-            yield runner, iter(bar)
+            yield runner, stream
+        except Exception as error:
+            if stream.number:
+                note_failed_batch(error, stream.number, stream.inputs, data)
+            raise
         finally:
             bar.close()
+
+
+class _Current:
+    """Iterates over the batches and remembers the one handed out last, until the next is asked for.
+
+    ``number`` counts from 1 and is 0 while no batch is being worked on: before the first, while the next
+    is read (an error there is the data's, not a batch's) and after the last.
+    """
+
+    def __init__(self, batches: Any) -> None:
+        self._batches = iter(batches)
+        self._count = self.number = 0
+        self.inputs: Any = None
+
+    def __iter__(self) -> _Current:
+        return self
+
+    def __next__(self) -> tuple[Any, np.ndarray | None]:
+        self.number, self.inputs = 0, None
+        inputs, labels = next(self._batches)
+        self._count += 1
+        self.number, self.inputs = self._count, inputs
+        return inputs, labels
 
 
 class _Columns:
@@ -197,7 +227,7 @@ def extract(
     Exception
         An error raised by the model keeps its type and message; on Python 3.11 and later it carries a note
         with the batch number, the batch's shape and dtype, and a hint when the inputs are integers or the
-        data was a list read as batches.
+        data was a list or an unbatched ``tf.data.Dataset``.
     """
     layer_ids = _layer_list(feature_layers_id)
     postproc = _postproc_map(postproc_fns, layer_ids)
@@ -216,12 +246,8 @@ def extract(
         progress=progress,
         description="extract",
     ) as (runner, stream):
-        for number, (inputs, batch_labels) in enumerate(stream, 1):
-            try:
-                batch_logits, activations = runner.run_batch(inputs)
-            except Exception as error:
-                note_failed_batch(error, number, inputs, data)
-                raise
+        for inputs, batch_labels in stream:
+            batch_logits, activations = runner.run_batch(inputs)
             logits.add(batch_logits)
             for layer_id in layer_ids:
                 layers[layer_id].add(_reduce(layer_id, activations[layer_id], postproc.get(layer_id), runner))

@@ -82,7 +82,6 @@ class ODIN(Detector):
         return odin_score(features.logits, self.temperature)
 
     def _score_data(self, data: Any, options: dict[str, Any]) -> ScoreResult:
-        from .._batches import note_failed_batch
         from ..extract import model_pass
 
         logits, labels = [], []
@@ -97,12 +96,8 @@ class ODIN(Detector):
             progress=options["progress"],
             description="ODIN",
         ) as (runner, stream):
-            for number, (inputs, batch_labels) in enumerate(stream, 1):
-                try:
-                    logits.append(runner.odin_logits(inputs, float(self.temperature), float(self.eps)))
-                except Exception as error:
-                    note_failed_batch(error, number, inputs, data)
-                    raise
+            for inputs, batch_labels in stream:
+                logits.append(runner.odin_logits(inputs, float(self.temperature), float(self.eps)))
                 if batch_labels is not None:
                     labels.append(batch_labels)
         if not logits:
