@@ -7,7 +7,6 @@ checked.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -41,14 +40,20 @@ def rows(out: str, framework: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(framework + " ")]
 
 
+#: both ways of keeping glibc's state out of the ratios: fixed thresholds, and each pass in a fresh process
+ALLOCATOR_MODES = pytest.mark.parametrize(
+    "mode", [[], ["--default-allocator", "--passes", "1"]], ids=["fixed", "fresh"]
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [[], ["--default-allocator", "--passes", "1"]], ids=["fixed", "fresh"])
+@ALLOCATOR_MODES
 def test_bench_overhead_prints_both_ratios(mode):
     pytest.importorskip("torch")
     out = run("bench_overhead.py", "--n", "256", "--repeats", "1", "--frameworks", "torch", *mode)
     (row,) = rows(out, "torch")
-    found = ratios(row)
-    assert len(found) == 2 and all(math.isfinite(r) and r > 0 for r in found), row
+    found = ratios(row)  # a nan or inf would not match, so the count checks finiteness too
+    assert len(found) == 2 and all(r > 0 for r in found), row
     assert re.search(r"torch: bare [\d,]+, gen [\d,]+, eight [\d,]+", out), out
 
 
@@ -61,13 +66,13 @@ def test_bench_overhead_on_keras():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", [[], ["--default-allocator", "--passes", "1"]], ids=["fixed", "fresh"])
+@ALLOCATOR_MODES
 def test_bench_evaluate_runs(mode):
     pytest.importorskip("torch")
     out = run("bench_evaluate.py", "--n", "200", "--repeats", "1", "--frameworks", "torch", *mode)
     (row,) = rows(out, "torch")
-    numbers = [float(value) for value in re.findall(r"\d+\.\d+", row)]
-    assert numbers and all(math.isfinite(n) for n in numbers), row
+    # extract time, evaluate time, ratio, inside: four finite numbers (a nan or inf would not match)
+    assert len(re.findall(r"\d+\.\d+", row)) == 4, row
 
 
 def test_bench_feature_detectors_runs():
