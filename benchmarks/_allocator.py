@@ -4,14 +4,14 @@ glibc serves requests above an mmap threshold with fresh mappings, and hands the
 heap back to the kernel once it exceeds a trim threshold. Both start low and rise by themselves: freeing a
 mapped block of size S (up to 32 MB) sets the mmap threshold to S and the trim threshold to 2S. A torch CPU
 forward pass allocates and frees tens of megabytes per batch. Traced with ``strace`` on the toy convnet in
-batches of 128 (two 11 MB activations, then 2.8 MB and 4 MB ones): in fresh processes the heap grew by 22-32
+batches of 128 (two 11 MB activations, then 2.8 MB and 4 MB ones): in fresh processes the heap grew by 22-33
 MB and shrank by as much at every batch or every few, and those batches faulted their activations in anew
-(250,000-580,000 page faults per 10,000 inputs, up to half the time of a pass). Which state a process is in
-follows from its history in ways that are not monotonic: after freeing one block of 11, 18 or 22 MiB at
-start-up almost no batch faulted, after one of 12 MiB every batch did. Small differences in where the
-activations land decide too, so two passes in one process can differ: in some processes oodscope's pass
-faulted while the bare loop did not (``GEN.score`` then took 1.34 times the loop), in others the other way
-round. A ratio of two such passes measures the allocator's state more than the code.
+(250,000-630,000 page faults per 10,000 inputs, up to half the time of a pass). Which state a process is in
+follows from its history in ways that are not monotonic: after freeing one block of 11, 18 or 22 MiB at start-
+up almost no batch faulted, after one of 12 MiB every batch did. Small differences in where the activations
+land decide too, so two passes in one process can differ: in some processes oodscope's pass faulted while the
+bare loop did not (``GEN.score`` then took 1.34 times the loop), in others the other way round. A ratio of two
+such passes measures the allocator's state more than the code.
 
 :func:`fix_thresholds` sets both thresholds once (what ``MALLOC_TRIM_THRESHOLD_`` and
 ``MALLOC_MMAP_THRESHOLD_`` do from the environment): no pass faults, the bare loop runs at its fastest, and a
