@@ -1,28 +1,43 @@
-"""Framework backends: the only place where torch and Keras code lives.
+"""Framework backends: the only place where framework code lives.
 
 A backend runs one model over batches and hands back numpy arrays. The rest of the library never sees a
 framework tensor. Backends are picked from the model's type and imported only then, so ``import oodscope``
 loads no framework.
 
-The contract (see :class:`Backend`) is deliberately small:
+A backend offers *primitives*, never methods named after a detector (see :class:`Backend`):
 
 - resolve layer ids (names, integer indices, ``"penultimate"``) without touching the model;
 - a context manager for one pass: set up (torch: hooks, eval mode) on enter, undo everything on exit,
   also when the user's forward raises;
-- ``run_batch(x)`` -> pre-softmax logits and the raw activations of the requested layers, as numpy;
-- ``head_weights()`` -> the final linear layer's (W [C, D], b [C]);
-- ``odin_logits(x, temperature, eps)`` -> logits of the ODIN-perturbed input (the one input-gradient need).
+- ``run_batch(x)``: pre-softmax logits and the raw outputs of the requested layers (*taps*), as numpy;
+- *edits*: functions applied to a layer's output inside the forward, so that the rest of the network sees
+  the edited tensor (given when the backend is built);
+- ``gradients(x, loss, wrt)``: the gradient of a scalar loss of the logits (a :mod:`oodscope.losses` object
+  or any function ``loss(logits, ops)``) with respect to the input and/or captured layer outputs;
+- ``head_weights()``: the final linear layer's (W [C, D], b [C]).
+
+A backend declares in ``provides`` which optional primitives it has (``"edits"``, ``"gradients"``);
+:meth:`Backend.require` raises :class:`UnsupportedError` naming the backend and what asked for it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Backend", "HeadNotLinearError", "LayerNotFoundError", "get_backend", "framework_of"]
+__all__ = [
+    "INPUT",
+    "Backend",
+    "HeadNotLinearError",
+    "LayerNotFoundError",
+    "Ops",
+    "UnsupportedError",
+    "framework_of",
+    "get_backend",
+]
 
 LayerId = Hashable
 PENULTIMATE = "penultimate"
@@ -39,20 +54,84 @@ class HeadNotLinearError(ValueError):
     """The head layer is not a linear (dense / fully connected) layer, so (W, b) do not exist."""
 
 
+#: the model input, as a target of :meth:`Backend.gradients` (a layer id cannot look like this)
+INPUT = "<input>"
+
+#: the optional primitives a backend may provide, with how errors describe them
+CAPABILITIES = {
+    "edits": "edits of a layer's output inside the forward pass",
+    "gradients": "gradients of a loss with respect to the input or to layer outputs",
+}
+
+#: ``edit(tensor, ops) -> tensor``: replaces a layer's raw output inside the forward (see Backend)
+EditFn = Callable[[Any, "Ops"], Any]
+#: ``loss(logits, ops) -> scalar tensor``: what :meth:`Backend.gradients` differentiates
+LossFn = Callable[[Any, "Ops"], Any]
+
+
+class UnsupportedError(NotImplementedError):
+    """The backend of the model lacks a primitive that a method needs (e.g. gradients of an ONNX session)."""
+
+
+class Ops:
+    """The few tensor operations that losses and edits are written with, the same on every framework.
+
+    Every row-wise operation works along the last axis (the classes of [B, C] logits) and returns [B];
+    ``total`` sums everything to a scalar. ``native`` is the framework's own namespace (``torch`` or
+    ``keras.ops``) for what these do not cover. A loss written with these runs on every backend::
+
+        def max_logit(logits, ops):
+            return ops.total(ops.max(logits))
+    """
+
+    native: Any = None
+
+    def log_softmax(self, z: Any) -> Any:
+        raise NotImplementedError
+
+    def logsumexp(self, z: Any) -> Any:
+        raise NotImplementedError
+
+    def max(self, z: Any) -> Any:
+        raise NotImplementedError
+
+    def mean(self, z: Any) -> Any:
+        raise NotImplementedError
+
+    def argmax(self, z: Any) -> Any:
+        raise NotImplementedError
+
+    def pick(self, z: Any, index: Any) -> Any:
+        """``z[i, index[i]]`` for every row i: [B]."""
+        raise NotImplementedError
+
+    def total(self, t: Any) -> Any:
+        raise NotImplementedError
+
+    def stop_gradient(self, t: Any) -> Any:
+        raise NotImplementedError
+
+
 class Backend:
-    """One pass of one model over batches, capturing named layers. Subclassed once per framework.
+    """One pass of one model over batches: taps, edits and gradients. Subclassed once per framework.
 
     Parameters
     ----------
     model
         The user's model; never modified (no attribute added, hooks removed, training mode restored).
     layer_ids : sequence of layer ids
-        Layers whose activations ``run_batch`` returns, keyed by the id as given: a layer name, an integer
-        index (each backend documents what it counts; negative indices count from the end) or
-        ``"penultimate"`` (the input of the head layer).
+        Layers whose raw outputs ``run_batch`` and ``gradients`` return (*taps*), keyed by the id as given: a
+        layer name, an integer index (each backend documents what it counts; negative indices count from
+        the end) or ``"penultimate"`` (the input of the head layer).
     head_layer_id : layer id, default -1
         The classifier's final layer. When it is a linear layer with a softmax activation, or a softmax
         layer following a linear one, logits are still the pre-softmax values.
+    edits : mapping of layer id to function, optional
+        ``{layer_id: edit}``: inside every forward of this backend, the raw output of the layer (for
+        ``"penultimate"``: the input of the head) is replaced by ``edit(tensor, ops)``, a framework tensor
+        of the same shape computed with :class:`Ops` (``ops.native`` for anything else); the layers after
+        it, the logits and the taps of later layers see the edited tensor, and a tap of the edited layer
+        itself returns the edited tensor. Needs ``"edits"`` in ``provides``.
 
     Unknown ids raise :class:`LayerNotFoundError` at construction, listing up to 20 available names.
     """
@@ -60,15 +139,40 @@ class Backend:
     framework: ClassVar[str] = ""
     #: whether feature maps are [N, ..., C] (Keras) rather than [N, C, ...] (torch); used for default pooling
     channels_last: ClassVar[bool] = False
+    #: the optional primitives this backend has; keys of :data:`CAPABILITIES`
+    provides: ClassVar[frozenset[str]] = frozenset()
+    #: the backend's :class:`Ops`
+    ops: ClassVar[Ops] = Ops()
 
-    def __init__(self, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        layer_ids: Sequence[LayerId] = (),
+        head_layer_id: LayerId = -1,
+        edits: Mapping[LayerId, EditFn] | None = None,
+    ) -> None:
         raise NotImplementedError
 
     @classmethod
-    def for_pass(cls, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> Backend:
+    def for_pass(
+        cls,
+        model: Any,
+        layer_ids: Sequence[LayerId] = (),
+        head_layer_id: LayerId = -1,
+        edits: Mapping[LayerId, EditFn] | None = None,
+    ) -> Backend:
         """A backend for one pass of ``model``; a backend may hand back one it built before for the same
-        model, layers and head (the Keras backend does, to keep its compiled function)."""
-        return cls(model, layer_ids, head_layer_id)
+        model, layers, head and edits (the Keras backend does, to keep its compiled function)."""
+        return cls(model, layer_ids, head_layer_id, edits)
+
+    @classmethod
+    def require(cls, capability: str, who: str) -> None:
+        """Raise :class:`UnsupportedError` unless this backend provides ``capability`` (needed by ``who``)."""
+        if capability not in cls.provides:
+            raise UnsupportedError(
+                f"The {cls.framework} backend ({cls.__name__}) does not provide {CAPABILITIES[capability]}, "
+                f"which {who} needs."
+            )
 
     def __enter__(self) -> Backend:
         return self
@@ -81,15 +185,25 @@ class Backend:
         raise NotImplementedError
 
     def run_batch(self, x: Any) -> tuple[np.ndarray, dict[LayerId, np.ndarray]]:
-        """Forward one batch: ``(logits [B, C], {layer_id: raw activation [B, ...]})`` as numpy arrays."""
+        """Forward one batch without gradients: ``(logits [B, C], {layer_id: raw output [B, ...]})``."""
+        raise NotImplementedError
+
+    def gradients(
+        self, x: Any, loss: LossFn, wrt: Sequence[LayerId] = (INPUT,)
+    ) -> tuple[np.ndarray, dict[LayerId, np.ndarray], dict[LayerId, np.ndarray]]:
+        """Forward one batch and differentiate ``loss(logits, ops)`` (a scalar, summed over the batch).
+
+        ``wrt`` holds :data:`INPUT` (the model input, after any preprocessing the data pipeline did) and/or
+        layer ids of this backend's taps (the gradient with respect to that layer's raw output, as
+        ``run_batch`` returns it). No parameter gets a gradient, no flag of the model changes.
+
+        Returns ``(logits [B, C], {layer_id: raw output}, {target: gradient, same shape as the target})``, all
+        numpy (float16 and bfloat16 as float32). Needs ``"gradients"`` in ``provides``.
+        """
         raise NotImplementedError
 
     def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W [C, D], b [C])`` of the head (``logits = penultimate @ W.T + b``); else HeadNotLinearError."""
-        raise NotImplementedError
-
-    def odin_logits(self, x: Any, temperature: float, eps: float) -> np.ndarray:
-        """Logits of ``x − eps · sign(∇ₓ CE(f(x) / T, argmax f(x)))``, as numpy [B, C]."""
         raise NotImplementedError
 
 
