@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ._params import InstanceOf, Interval, Options
-from .detectors.base import Detector, clone
-from .detectors.energy import Energy
-from .features import Features
+from .._params import InstanceOf, Interval, Options
+from ..detectors.base import Detector, clone
+from ..detectors.energy import Energy
+from ..features import Features
 
 __all__ = ["ASH", "SCALE", "ReAct", "ash", "react", "scale", "sharing"]
 
