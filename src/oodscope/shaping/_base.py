@@ -1,15 +1,5 @@
-"""Activation shaping: ReAct, ASH and SCALE, composable with any logit detector.
-
-Each shaping method transforms the penultimate activations h and recomputes the logits through the
-classifier's linear head, ``z' = shape(h) @ W.T + b``; the wrapped detector (Energy by default, as in the
-papers) then scores ``z'``. Everything comes from one forward pass: the penultimate layer and the head's
-weights are in :class:`~oodscope.Features`, so no extra pass is needed::
-
-    ReAct(GEN(), percentile=90).fit(model, train_data).score(test_data)
-
-The shaping is a wrapper, not a flag: any logit detector (and any feature detector, which then sees the
-shaped penultimate features) composes with any shaping method.
-"""
+"""What every shaping method shares: the shaped-logits pipeline over blocks of rows, the sharing memo,
+and the numeric helpers of ReAct, ASH and SCALE."""
 
 from __future__ import annotations
 
@@ -25,12 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .._params import InstanceOf, Interval, Options
+from .._params import InstanceOf, Interval
 from ..detectors.base import Detector, clone
 from ..detectors.energy import Energy
 from ..features import Features
-
-__all__ = ["ASH", "SCALE", "ReAct", "ash", "react", "scale", "sharing"]
 
 PENULTIMATE = "penultimate"
 
@@ -101,12 +89,6 @@ class _Scratch:
         if array is None or array.size < size or array.dtype != dtype:
             array = self._arrays[name] = np.empty(size, dtype)
         return array[:size].reshape(shape)
-
-
-def react(features: np.ndarray, threshold: float) -> np.ndarray:
-    """Clip activations from above: ``min(h, c)``, in the features' own precision."""
-    h = _as_float(features)
-    return np.minimum(h, h.dtype.type(threshold))
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -209,38 +191,6 @@ def _check_non_negative(features: np.ndarray, method: str) -> None:
         )
 
 
-def ash(features: np.ndarray, percentile: float = 90.0, variant: str = "s", eps: float = 1e-12) -> np.ndarray:
-    """ASH: per sample, keep the activations at or above the k-th largest (k = n − round(n·p/100)), zero
-    the rest, then:
-
-    - ``"p"`` (prune): nothing more;
-    - ``"b"`` (binarize): set exactly k activations to s1 / k (ties at the k-th value broken by position);
-    - ``"s"`` (scale): multiply the kept activations by exp(s1 / s2);
-
-    with s1 the sample's activation sum before pruning and s2 after; ``eps`` keeps s1 / s2 finite for an
-    all-zero sample. Activations must be non-negative. Keeps the input's floating precision.
-    """
-    h = _as_float(features)
-    _check_non_negative(h, "ASH")
-    return _materialise(*_ash_parts(h, percentile, variant, eps, _Scratch()))
-
-
-def _ash_parts(
-    h: np.ndarray, percentile: float, variant: str, eps: float, scratch: _Scratch
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """ASH of non-negative rows ``h`` as ``(g, factor)``: the shaped rows are ``g * factor[:, None]``."""
-    k = _kept_count(h.shape[1], percentile)
-    if variant == "b":
-        binary = np.zeros_like(h)
-        top = np.argpartition(-h, k - 1, axis=1)[:, :k]
-        np.put_along_axis(binary, top, (_row_sums(h)[:, None] / k).astype(h.dtype), axis=1)
-        return binary, None
-    pruned = _prune(h, _top_k(h, k, scratch)[:, 0], scratch)  # the k largest and any tied with the k-th
-    if variant == "p":
-        return pruned, None
-    return pruned, _scale_factor(_row_sums(h), _row_sums(pruned), eps, h.dtype, "ASH")
-
-
 def _scale_factor(s1: np.ndarray, s2: np.ndarray, eps: float, dtype: np.dtype, method: str) -> np.ndarray:
     """exp(s1 / s2) per sample, with a clear error where it overflows the features' precision."""
     with np.errstate(over="ignore"):
@@ -251,23 +201,6 @@ def _scale_factor(s1: np.ndarray, s2: np.ndarray, eps: float, dtype: np.dtype, m
             "activations are spread over many units); lower the percentile."
         )
     return factor
-
-
-def scale(features: np.ndarray, percentile: float = 85.0, eps: float = 1e-12) -> np.ndarray:
-    """SCALE: ``h · exp(s1 / s2)`` with s1 the sum of all activations and s2 the sum of the k largest
-    (k = n − round(n·p/100)); nothing is pruned. Activations must be non-negative. Keeps the input's
-    floating precision."""
-    h = _as_float(features)
-    _check_non_negative(h, "SCALE")
-    return _materialise(*_scale_parts(h, percentile, eps, _Scratch()))
-
-
-def _scale_parts(
-    h: np.ndarray, percentile: float, eps: float, scratch: _Scratch
-) -> tuple[np.ndarray, np.ndarray]:
-    """SCALE of non-negative rows ``h`` as ``(h, factor)``."""
-    top_sum = _row_sums(_top_k(h, _kept_count(h.shape[1], percentile), scratch))
-    return h, _scale_factor(_row_sums(h), top_sum, eps, h.dtype, "SCALE")
 
 
 def _materialise(g: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
@@ -402,157 +335,3 @@ class _Shaping(Detector):
 
 _DETECTOR = InstanceOf(Detector, allow_none=True)
 _PERCENTILE = Interval(float, 0, 100, closed="left")
-
-
-class ReAct(_Shaping):
-    """ReAct: clip the penultimate activations, then score the recomputed logits.
-
-    Sun, Guo & Li, "ReAct: Out-of-distribution Detection With Rectified Activations", NeurIPS 2021.
-    https://arxiv.org/abs/2111.12797
-
-    With c the p-th percentile of all penultimate activations of the fit data, W, b the linear head and
-    S_inner the wrapped detector's score (higher = more OOD; Energy by default, as in the paper):
-
-        S(x) = S_inner(W · min(h(x), c) + b).
-
-    Parameters
-    ----------
-    detector : Detector, optional
-        The detector scoring the recomputed logits; ``None`` means ``Energy()``.
-    percentile : float, default=90
-        p in [0, 100).
-
-    Attributes
-    ----------
-    clip_value_ : float
-        The clipping value c.
-    detector_ : Detector
-        The wrapped detector, fitted on the shaped fit data.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from oodscope import GEN, Features
-    >>> h = np.array([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]])
-    >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(2))
-    >>> ReAct(GEN(), percentile=50).fit(feats).clip_value_
-    1.0
-    """
-
-    needs_fit = True
-    _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
-
-    def __init__(self, detector: Detector | None = None, percentile: float = 90.0) -> None:
-        self.detector = detector
-        self.percentile = percentile
-
-    def _fit_shape(self, h: np.ndarray) -> None:
-        q = self.percentile
-        self.clip_value_ = _shared(("percentile", q), (h,), lambda: percentile(h, q))
-
-    def _parts(self, h: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, None]:
-        return np.minimum(h, h.dtype.type(self.clip_value_), out=scratch("clipped", h.shape, h.dtype)), None
-
-    def _shaping_key(self) -> tuple[Hashable, ...]:
-        return (self.clip_value_,)
-
-
-class ASH(_Shaping):
-    """ASH: per-sample activation pruning (and scaling), then score the recomputed logits.
-
-    Djurisic, Bozanic, Ashok & Liu, "Extremely Simple Activation Shaping for Out-of-Distribution
-    Detection", ICLR 2023. https://arxiv.org/abs/2209.09858
-
-    Per sample, keep the k = n − round(n·p/100) largest penultimate activations h (and any tied with the
-    k-th) and zero the rest (h_p);
-    with s1 = Σh, s2 = Σh_p, ASH-S (the default) rescales: h' = h_p · exp(s1 / s2). ASH-P stops after
-    pruning; ASH-B sets each kept value to s1 / k. With S_inner the wrapped detector (Energy by default):
-
-        S(x) = S_inner(W · h'(x) + b).
-
-    Needs non-negative (post-ReLU) activations. Learns nothing itself: it needs fitting only when the
-    wrapped detector does.
-
-    Parameters
-    ----------
-    detector : Detector, optional
-        The detector scoring the recomputed logits; ``None`` means ``Energy()``.
-    percentile : float, default=90
-        p in [0, 100): the share of activations pruned.
-    variant : {"s", "p", "b"}, default="s"
-        ASH-S, ASH-P or ASH-B.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from oodscope import Features
-    >>> h = np.array([[4.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(4))
-    >>> ASH(percentile=50, variant="p").score(feats).scores.round(3)
-    array([-4.083, -2.386])
-    """
-
-    needs_fit = False
-    _non_negative = True
-    _parameter_constraints = {
-        "detector": _DETECTOR,
-        "percentile": _PERCENTILE,
-        "variant": Options(["s", "p", "b"]),
-    }
-
-    def __init__(
-        self, detector: Detector | None = None, percentile: float = 90.0, variant: str = "s"
-    ) -> None:
-        self.detector = detector
-        self.percentile = percentile
-        self.variant = variant
-
-    def _parts(self, h: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray | None]:
-        return _ash_parts(h, self.percentile, self.variant, 1e-12, scratch)
-
-    def _shaping_key(self) -> tuple[Hashable, ...]:
-        return (float(self.percentile), self.variant)
-
-
-class SCALE(_Shaping):
-    """SCALE: per-sample rescaling of the activations (no pruning), then score the recomputed logits.
-
-    Xu, Chen, Franchi & Yao, "Scaling for Training Time and Post-hoc Out-of-distribution Detection
-    Enhancement", ICLR 2024. https://arxiv.org/abs/2310.00227
-
-    With s1 the sum of a sample's penultimate activations h and s2 the sum of its k = n − round(n·p/100)
-    largest, h' = h · exp(s1 / s2); with S_inner the wrapped detector (Energy by default):
-
-        S(x) = S_inner(W · h'(x) + b).
-
-    Needs non-negative (post-ReLU) activations. Learns nothing itself.
-
-    Parameters
-    ----------
-    detector : Detector, optional
-        The detector scoring the recomputed logits; ``None`` means ``Energy()``.
-    percentile : float, default=85
-        p in [0, 100).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from oodscope import Features
-    >>> h = np.array([[4.0, 0.0], [1.0, 1.0]])
-    >>> SCALE(percentile=50).score(Features(layers={"penultimate": h}, head_weight=np.eye(2))).scores.round(3)
-    array([-10.873,  -8.082])
-    """
-
-    needs_fit = False
-    _non_negative = True
-    _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
-
-    def __init__(self, detector: Detector | None = None, percentile: float = 85.0) -> None:
-        self.detector = detector
-        self.percentile = percentile
-
-    def _parts(self, h: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
-        return _scale_parts(h, self.percentile, 1e-12, scratch)
-
-    def _shaping_key(self) -> tuple[Hashable, ...]:
-        return (float(self.percentile),)
