@@ -89,7 +89,7 @@ def large_search_problem(seed: int = 0):
 @pytest.mark.parametrize("tile_bytes", [1 << 20, 1 << 23, 1 << 25])  # many small tiles, a few, one
 @pytest.mark.parametrize("k", [1, 3, 50, 120])
 def test_knn_numpy_backend_is_exact_on_large_reference_sets(k, tile_bytes, monkeypatch):
-    monkeypatch.setattr("oodscope.detectors.knn.SIMILARITY_BLOCK_BYTES", tile_bytes)
+    monkeypatch.setattr("oodscope.neighbors.SIMILARITY_BLOCK_BYTES", tile_bytes)
     refs, queries = large_search_problem()
     got = kth_neighbor_distance(queries, refs, k, backend="numpy", normalize_queries=True)
     unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
