@@ -18,8 +18,10 @@ from oodscope.metrics import (
     bench_metrics,
     detect_acc,
     fpr_at_tpr,
+    threshold_at_tpr,
     tnr_at_tpr,
 )
+from oodscope.metrics import roc_curve as exact_roc_curve
 
 TOL = 1e-9
 XX_VALUES = (95, 90, 99, 50, 100)
@@ -207,6 +209,110 @@ def test_bench_metrics_equals_individual_functions(data):
     assert result["fpr99.5tpr_id"] == fpr_at_tpr(s_in, s_out, tpr=0.995, positive="id")
 
 
+@pytest.mark.parametrize("positive", POSITIVES)
+def test_roc_curve_matches_sklearn_point_for_point(data, positive):
+    s_in, s_out = data
+    fpr, tpr, thresholds = exact_roc_curve(s_in, s_out, positive=positive)
+    scores, y_ood = _stack(s_in, s_out)
+    if positive == "ood":
+        ref_fpr_curve, ref_tpr_curve, ref_thresholds = roc_curve(y_ood, scores, drop_intermediate=False)
+        assert thresholds[0] == np.inf
+    else:
+        ref_fpr_curve, ref_tpr_curve, ref_thresholds = roc_curve(1 - y_ood, -scores, drop_intermediate=False)
+        ref_thresholds = -ref_thresholds
+        assert thresholds[0] == -np.inf
+    assert fpr.dtype == tpr.dtype == thresholds.dtype == np.float64
+    np.testing.assert_array_equal(fpr, ref_fpr_curve)
+    np.testing.assert_array_equal(tpr, ref_tpr_curve)
+    np.testing.assert_array_equal(thresholds[1:], ref_thresholds[1:])
+    # the metrics are read off this very curve
+    first = int(np.searchsorted(tpr, 0.95, side="left"))
+    assert fpr[first] == fpr_at_tpr(s_in, s_out, 0.95, positive=positive)
+    assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(auroc(s_in, s_out), abs=TOL)
+
+
+@pytest.mark.parametrize("positive", POSITIVES)
+def test_roc_curve_drop_intermediate_matches_sklearn_default(data, positive):
+    s_in, s_out = data
+    fpr, tpr, thresholds = exact_roc_curve(s_in, s_out, positive=positive, drop_intermediate=True)
+    scores, y_ood = _stack(s_in, s_out)
+    if positive == "ood":
+        ref = roc_curve(y_ood, scores)
+    else:
+        ref = roc_curve(1 - y_ood, -scores)
+        ref = (ref[0], ref[1], -ref[2])
+    np.testing.assert_array_equal(fpr, ref[0])
+    np.testing.assert_array_equal(tpr, ref[1])
+    np.testing.assert_array_equal(thresholds[1:], ref[2][1:])
+
+
+def test_roc_curve_by_hand():
+    # ID 0, 1, 1 and OOD 1, 3: the tie at 1 moves both rates at once
+    fpr, tpr, thresholds = exact_roc_curve([0.0, 1.0, 1.0], [1.0, 3.0])
+    assert thresholds.tolist() == [np.inf, 3.0, 1.0, 0.0]
+    assert (fpr * 3).tolist() == [0.0, 0.0, 2.0, 3.0]
+    assert (tpr * 2).tolist() == [0.0, 1.0, 2.0, 2.0]
+    fpr, tpr, thresholds = exact_roc_curve([0.0, 1.0, 1.0], [1.0, 3.0], positive="id")
+    assert thresholds.tolist() == [-np.inf, 0.0, 1.0, 3.0]
+    assert (tpr * 3).tolist() == [0.0, 1.0, 3.0, 3.0]
+    assert (fpr * 2).tolist() == [0.0, 0.0, 1.0, 2.0]
+    # a straight run: 0..3 then 10..13 gives a vertical run of OOD points, then a horizontal one of ID
+    fpr, tpr, thresholds = exact_roc_curve([0.0, 1.0, 2.0, 3.0], [10.0, 11.0, 12.0, 13.0])
+    assert thresholds.size == 9
+    fpr, tpr, thresholds = exact_roc_curve(
+        [0.0, 1.0, 2.0, 3.0], [10.0, 11.0, 12.0, 13.0], drop_intermediate=True
+    )
+    assert thresholds.tolist() == [np.inf, 13.0, 10.0, 0.0]
+    assert fpr.tolist() == [0.0, 0.0, 0.0, 1.0] and tpr.tolist() == [0.0, 0.25, 1.0, 1.0]
+    with pytest.raises(ValueError, match="positive must be 'ood'"):
+        exact_roc_curve([0.0], [1.0], positive="OOD")
+    with pytest.raises(ValueError, match="0 OOD scores"):
+        exact_roc_curve([0.0], [])
+
+
+@pytest.mark.parametrize(
+    ("scores", "tpr", "expected"),
+    [
+        # sorted 1..10: keeping 70% keeps 7 samples, 71% keeps 8
+        ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], 0.7, 7.0),
+        ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], 0.71, 8.0),
+        ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], 0.95, 10.0),
+        ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], 1.0, 10.0),
+        ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], 0.1, 1.0),
+        ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], 1e-9, 1.0),
+        # 25 scores 0..24: 0.28 * 25 is 7.000000000000001, and 7 / 25 >= 0.28, so 7 kept: score 6
+        (list(range(25)), 0.28, 6.0),
+        # 20 scores: 0.95 * 20 = 19 kept, the 19th smallest
+        ([x / 4 for x in range(20)], 0.95, 4.5),
+        # ties: 2 of 4 are enough, the threshold 1.0 keeps 3
+        ([2.0, 1.0, 1.0, 0.0], 0.5, 1.0),
+        ([-0.5], 0.3, -0.5),
+    ],
+)
+def test_threshold_at_tpr_by_hand(scores, tpr, expected):
+    threshold = threshold_at_tpr(scores, tpr)
+    assert type(threshold) is float and threshold == expected
+    assert threshold_at_tpr(np.asarray(scores, dtype=np.float32), tpr) == expected
+
+
+def test_threshold_at_tpr_errors():
+    with pytest.raises(ValueError, match=r"tpr must be in \(0, 1\]; got 95.*use 0.95 for 95%"):
+        threshold_at_tpr([0.0, 1.0], 95)
+    for tpr in (0, -0.5, 1.01, float("nan")):
+        with pytest.raises(ValueError, match=r"tpr must be in \(0, 1\]"):
+            threshold_at_tpr([0.0, 1.0], tpr)
+    with pytest.raises(TypeError, match="tpr must be a real number"):
+        threshold_at_tpr([0.0, 1.0], "0.95")
+    with pytest.raises(ValueError, match="id_scores must hold at least one ID score"):
+        threshold_at_tpr([], 0.95)
+    with pytest.raises(ValueError, match=r"id_scores contains 2 non-finite value\(s\) \(1 NaN, 1 inf\)"):
+        threshold_at_tpr([0.0, np.nan, np.inf], 0.5)
+    with pytest.raises(ValueError, match="id_scores must be a 1-D array"):
+        threshold_at_tpr([[0.0, 1.0]], 0.5)
+    with pytest.raises(TypeError, match="id_scores has dtype <U1"):
+        threshold_at_tpr(["a"], 0.5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Property tests against scikit-learn
 # ---------------------------------------------------------------------------------------------------------
@@ -238,6 +344,18 @@ def test_property_fpr_at_tpr(s_in, s_out, tpr, positive):
     assert fpr_at_tpr(s_in, s_out, tpr=tpr, positive=positive) == expected
     assert tnr_at_tpr(s_in, s_out, tpr=tpr, positive=positive) == pytest.approx(1.0 - expected, abs=1e-15)
     assert expected == pytest.approx(brute_fpr(s_in, s_out, tpr, positive), abs=TOL)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_scores, _scores, _tprs)
+def test_property_threshold_at_tpr(s_in, s_out, tpr):
+    threshold = threshold_at_tpr(s_in, tpr)
+    kept = np.count_nonzero(s_in <= threshold)
+    assert threshold in s_in and kept / s_in.size >= tpr
+    # no lower score keeps enough
+    assert np.count_nonzero(s_in < threshold) / s_in.size < tpr
+    # the ID-positive FPR is the share of OOD scores the threshold accepts as ID
+    assert np.count_nonzero(s_out <= threshold) / s_out.size == ref_fpr(s_in, s_out, tpr, "id")
 
 
 @settings(max_examples=100, deadline=None)

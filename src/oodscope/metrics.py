@@ -41,6 +41,8 @@ __all__ = [
     "bench_metrics",
     "detect_acc",
     "fpr_at_tpr",
+    "roc_curve",
+    "threshold_at_tpr",
     "tnr_at_tpr",
 ]
 
@@ -214,6 +216,21 @@ def _check_tpr(tpr: Any) -> float:
     return value
 
 
+def _fewest_reaching(tpr: float, n: int) -> int:
+    """The smallest count ``c`` in [0, n] with ``c / n >= tpr``, compared in float.
+
+    Float division is monotone in ``c``, so "``k / n >= tpr``" <=> "``k >= c``": the comparison is exactly
+    scikit-learn's float comparison of a TPR with its target, and ``ceil(tpr * n)`` (whose product may round
+    either way) is only the starting guess.
+    """
+    c = min(max(math.ceil(tpr * n), 0), n)
+    while c > 0 and (c - 1) / n >= tpr:
+        c -= 1
+    while c < n and c / n < tpr:
+        c += 1
+    return c
+
+
 def _parse_metric(name: Any, positive: str) -> tuple[str, float, str]:
     """Return ``(kind, tpr, positive)``; ``kind`` is a fixed metric name, ``"fpr"`` or ``"tnr"``."""
     if not isinstance(name, str):
@@ -240,8 +257,9 @@ def _parse_metric(name: Any, positive: str) -> tuple[str, float, str]:
 class _RankedCurve:
     """Cumulative class counts over the distinct score values, built from a single sort.
 
-    With the G distinct score values ``v_1 < ... < v_G`` and ``v_0 = -inf``, ``id_le[j]`` / ``ood_le[j]``
-    hold the number of ID / OOD scores ``<= v_j`` (length G + 1, starting at 0, ending at n_in / n_out).
+    With the G distinct score values ``v_1 < ... < v_G`` (``values``) and ``v_0 = -inf``, ``id_le[j]`` /
+    ``ood_le[j]`` hold the number of ID / OOD scores ``<= v_j`` (length G + 1, starting at 0, ending at
+    n_in / n_out).
 
     * ID-positive ROC (ID-ness ``-score``, thresholds in increasing score): true positives ``id_le``,
       false positives ``ood_le``.
@@ -251,7 +269,7 @@ class _RankedCurve:
     Both are exactly scikit-learn's ``roc_curve(..., drop_intermediate=False)`` counts.
     """
 
-    __slots__ = ("n_in", "n_out", "id_le", "ood_le", "_ood_curve")
+    __slots__ = ("n_in", "n_out", "values", "id_le", "ood_le", "_ood_curve")
 
     def __init__(self, scores_in: np.ndarray, scores_out: np.ndarray) -> None:
         n_in, n_out = int(scores_in.size), int(scores_out.size)
@@ -269,6 +287,7 @@ class _RankedCurve:
         zero = np.zeros(1, dtype=np.int64)
         self.n_in = n_in
         self.n_out = n_out
+        self.values = values[ends] + 0.0  # one zero for a group of -0.0 and 0.0, whatever the sort did
         self.id_le = np.concatenate((zero, id_le))
         self.ood_le = np.concatenate((zero, ood_le))
         self._ood_curve: tuple[np.ndarray, np.ndarray] | None = None
@@ -288,6 +307,23 @@ class _RankedCurve:
             return tp, fp, self.n_out, self.n_in
         return self.id_le, self.ood_le, self.n_in, self.n_out
 
+    def rates(
+        self, positive: str, drop_intermediate: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(fpr, tpr, thresholds)`` with the given positive class (see :func:`roc_curve`)."""
+        tp, fp, n_pos, n_neg = self.roc(positive)
+        if positive == "ood":
+            thresholds = np.concatenate(([np.inf], self.values[::-1]))
+        else:
+            thresholds = np.concatenate(([-np.inf], self.values))
+        if drop_intermediate and tp.size > 3:
+            # scikit-learn's rule, on the points after the start: drop a point when the steps before and
+            # after it are equal in both counts (it is the middle of a straight run)
+            bends = np.logical_or(np.diff(fp[1:], 2), np.diff(tp[1:], 2))
+            keep = np.concatenate(([True, True], bends, [True]))
+            tp, fp, thresholds = tp[keep], fp[keep], thresholds[keep]
+        return fp / n_neg, tp / n_pos, thresholds
+
     # -- metrics ------------------------------------------------------------------------------------------
 
     def auroc(self) -> float:
@@ -302,14 +338,7 @@ class _RankedCurve:
     def false_positives_at(self, tpr: float, positive: str) -> tuple[int, int]:
         """``(fp, n_neg)`` at the first ROC point whose TPR (in float, ``tp / n_pos``) is ``>= tpr``."""
         tp, fp, n_pos, n_neg = self.roc(positive)
-        # Smallest integer count c with float(c / n_pos) >= tpr; float division is monotone in c, so
-        # "tp / n_pos >= tpr" <=> "tp >= c" and the comparison is exactly scikit-learn's float comparison.
-        c = min(max(math.ceil(tpr * n_pos), 0), n_pos)
-        while c > 0 and (c - 1) / n_pos >= tpr:
-            c -= 1
-        while c < n_pos and c / n_pos < tpr:
-            c += 1
-        k = int(np.searchsorted(tp, c, side="left"))
+        k = int(np.searchsorted(tp, _fewest_reaching(tpr, n_pos), side="left"))
         return int(fp[k]), n_neg
 
     def fpr_at_tpr(self, tpr: float, positive: str) -> float:
@@ -442,6 +471,68 @@ def bench_metrics(
     return {name: float(curve.metric(*spec)) for name, spec in zip(names, parsed, strict=True)}
 
 
+def roc_curve(
+    scores_in: Any, scores_out: Any, positive: str = "ood", drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact ROC curve, ``(fpr, tpr, thresholds)``: the curve every metric here is computed from.
+
+    One point per distinct score value plus a start at ``(0, 0)``, in float64 from integer counts; tied
+    scores are never split. The scores are sorted once. Which class is positive decides which way a
+    threshold ``t`` cuts (with scores "higher = more OOD"):
+
+    * ``positive="ood"`` (**default**): a sample is called OOD when its score is ``>= t``. ``tpr`` is the
+      share of OOD scores ``>= t`` (OOD caught), ``fpr`` the share of ID scores ``>= t`` (ID flagged as
+      OOD). ``thresholds`` decrease: ``+inf`` (nothing flagged), then the distinct scores from the
+      highest down. The points are those of ``sklearn.metrics.roc_curve(y_ood, scores,
+      drop_intermediate=False)`` with ``y_ood = 1`` for OOD samples (whose first threshold is ``inf`` too).
+    * ``positive="id"``: a sample is called ID when its score is ``<= t``. ``tpr`` is the share of ID
+      scores ``<= t`` (ID kept), ``fpr`` the share of OOD scores ``<= t`` (OOD accepted as ID).
+      ``thresholds`` increase: ``-inf`` (nothing kept), then the distinct scores from the lowest up. The
+      points are scikit-learn's ``roc_curve(y_id, -scores, drop_intermediate=False)``, whose thresholds
+      are the negated ones.
+
+    :func:`fpr_at_tpr` is ``fpr[k]`` at the first ``k`` with ``tpr[k] >= tpr`` of the same ``positive``,
+    and :func:`auroc` the trapezoid under either curve.
+
+    Parameters
+    ----------
+    scores_in : array-like
+        1-D scores of the ID samples (higher = more OOD).
+    scores_out : array-like
+        1-D scores of the OOD samples.
+    positive : {"ood", "id"}, default "ood"
+        Which class is the positive one (see above).
+    drop_intermediate : bool, default False
+        Drop the points in the middle of straight runs of the curve (where the steps before and after are
+        the same in both rates), as scikit-learn's ``roc_curve`` does by default: the line through the
+        remaining points is the same, with fewer points to draw. The first point after the start and the
+        last one are always kept.
+
+    Returns
+    -------
+    fpr, tpr, thresholds : ndarray of shape [G + 1] (fewer with ``drop_intermediate``)
+        float64, for G distinct score values; ``fpr`` and ``tpr`` rise from 0 to 1. A group of tied
+        scores -0.0 and 0.0 has the threshold 0.0.
+
+    Examples
+    --------
+    >>> from oodscope.metrics import roc_curve
+    >>> fpr, tpr, thresholds = roc_curve([0.0, 1.0, 2.0], [1.0, 3.0])
+    >>> thresholds.tolist()
+    [inf, 3.0, 2.0, 1.0, 0.0]
+    >>> (fpr * 3).tolist(), (tpr * 2).tolist()
+    ([0.0, 0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 1.0, 2.0, 2.0])
+    >>> fpr, tpr, thresholds = roc_curve([0.0, 1.0, 2.0], [1.0, 3.0], positive="id")
+    >>> thresholds.tolist()
+    [-inf, 0.0, 1.0, 2.0, 3.0]
+    >>> (fpr * 2).tolist(), (tpr * 3).tolist()
+    ([0.0, 0.0, 1.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0, 3.0])
+    """
+    positive = _check_positive(positive)
+    s_in, s_out = _validate_pair(scores_in, scores_out, "scores_in", "scores_out")
+    return _RankedCurve(s_in, s_out).rates(positive, bool(drop_intermediate))
+
+
 def auroc(scores_in: Any, scores_out: Any) -> float:
     """Area under the ROC curve, exact with ties counted 1/2.
 
@@ -560,6 +651,45 @@ def tnr_at_tpr(scores_in: Any, scores_out: Any, tpr: float = 0.95, positive: str
     tpr = _check_tpr(tpr)
     s_in, s_out = _validate_pair(scores_in, scores_out, "scores_in", "scores_out")
     return float(_RankedCurve(s_in, s_out).tnr_at_tpr(tpr, positive))
+
+
+def threshold_at_tpr(id_scores: Any, tpr: float = 0.95) -> float:
+    """The smallest score that keeps at least ``tpr`` of the given ID samples (score ``<= threshold``).
+
+    With the ``n`` ID scores sorted, ``s_(1) <= ... <= s_(n)``, the threshold is ``s_(k)`` for the fewest
+    samples ``k`` with ``k / n >= tpr``, compared in float like :func:`fpr_at_tpr` compares its TPRs (so
+    ``tpr=0.28`` of 25 scores keeps 7 of them, although ``0.28 * 25`` is ``7.000000000000001`` in float).
+    Calling a sample OOD when its score is above the threshold then keeps at least ``k`` of these ID
+    samples, more when scores tie with ``s_(k)``. This is the ``positive="id"`` convention of
+    :func:`fpr_at_tpr`: its FPR is the share of OOD scores ``<= threshold_at_tpr(scores_in, tpr)``.
+
+    Parameters
+    ----------
+    id_scores : array-like
+        1-D, non-empty, finite scores of held-out ID samples (higher = more OOD).
+    tpr : float, default 0.95
+        Share of the ID samples to keep, in (0, 1] (a fraction: 0.95 means 95%); 1 gives the highest score.
+
+    Returns
+    -------
+    float
+        One of the given scores.
+
+    Examples
+    --------
+    >>> from oodscope.metrics import threshold_at_tpr
+    >>> threshold_at_tpr([0.5, 0.1, 0.4, 0.2, 0.3], tpr=0.8)
+    0.4
+    >>> threshold_at_tpr([0.5, 0.1, 0.4, 0.2, 0.3], tpr=0.9)
+    0.5
+    """
+    tpr = _check_tpr(tpr)
+    scores = _as_score_array(id_scores, "id_scores")
+    if scores.size == 0:
+        raise ValueError("id_scores must hold at least one ID score; got an empty array.")
+    _check_finite(scores, "id_scores")
+    kept = _fewest_reaching(tpr, scores.size)  # >= 1, as tpr > 0
+    return float(np.sort(scores)[kept - 1])
 
 
 def aupr_in(scores_in: Any, scores_out: Any) -> float:
