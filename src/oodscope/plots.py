@@ -21,7 +21,7 @@ import numpy as np
 from ._batches import INPUT_KEYS, LABEL_KEYS, as_labels, is_array_like, iter_batches, to_numpy
 from .backends import require
 from .extract import extract
-from .metrics import auroc, fpr_at_tpr
+from .metrics import auroc, fpr_at_tpr, roc_curve
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -104,10 +104,10 @@ def plot_ood_scores(
 def roc_curve_ood(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The exact ROC curve with OOD as the positive class: ``(fpr, tpr, thresholds)``.
 
-    One point per distinct score value ``t``, from the highest down, plus the start ``(0, 0)`` at
-    ``t = +inf``: ``tpr`` is the share of OOD scores ``>= t`` (OOD caught), ``fpr`` the share of ID scores
-    ``>= t`` (ID flagged as OOD). Tied scores are never split. The scores are sorted once; the points are
-    those of ``sklearn.metrics.roc_curve(y_ood, scores, drop_intermediate=False)``.
+    :func:`oodscope.metrics.roc_curve` with ``positive="ood"``, for scores given as arrays or tensors (on
+    any device): one point per distinct score value ``t``, from the highest down, plus the start ``(0, 0)``
+    at ``t = +inf``; ``tpr`` is the share of OOD scores ``>= t`` (OOD caught), ``fpr`` the share of ID
+    scores ``>= t`` (ID flagged as OOD). Tied scores are never split.
 
     Examples
     --------
@@ -118,17 +118,7 @@ def roc_curve_ood(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarr
     ([0.0, 0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 1.0, 2.0, 2.0])
     """
     s_in, s_out = _scores(scores_in, "scores_in"), _scores(scores_out, "scores_out")
-    scores = np.concatenate((s_in, s_out))
-    is_ood = np.concatenate((np.zeros(s_in.size, dtype=np.int64), np.ones(s_out.size, dtype=np.int64)))
-    order = np.argsort(-scores, kind="stable")  # highest first
-    scores, is_ood = scores[order], is_ood[order]
-    last_of_group = np.append(np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1)
-    tp = np.cumsum(is_ood)[last_of_group]
-    fp = last_of_group + 1 - tp
-    tpr = np.concatenate(([0.0], tp / s_out.size))
-    fpr = np.concatenate(([0.0], fp / s_in.size))
-    thresholds = np.concatenate(([np.inf], scores[last_of_group]))
-    return fpr, tpr, thresholds
+    return roc_curve(s_in, s_out, positive="ood")
 
 
 def plot_roc_curve(

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._table import markdown_table
 from ..detectors.base import Detector
-from ..metrics import auroc
+from ..metrics import auroc, roc_curve
 from ._common import higher_is_better
 
 __all__ = ["DEFAULT_METRICS", "BestDetector", "Report"]
@@ -469,8 +469,6 @@ def _detector_png(scores_in: np.ndarray, scores_out: Mapping[str, np.ndarray], b
     The figure is drawn on its own Agg canvas, outside pyplot: no global state changes and nothing stays
     open once it is saved.
     """
-    from sklearn.metrics import roc_curve
-
     figure_class, canvas_class = _matplotlib()
     n_panels = len(scores_out) + 1
     n_cols = min(n_panels, 4)
@@ -492,8 +490,7 @@ def _detector_png(scores_in: np.ndarray, scores_out: Mapping[str, np.ndarray], b
         ax.legend(fontsize=8, frameon=False, loc="upper right")
     roc_ax = axes[len(scores_out)]
     for (ood, values), color in zip(scores_out.items(), colors, strict=True):
-        labels = np.concatenate([np.zeros(scores_in.size), np.ones(values.size)])
-        fpr, tpr, _ = roc_curve(labels, np.concatenate([scores_in, values]))  # exact: every distinct score
+        fpr, tpr, _ = roc_curve(scores_in, values, positive="ood", drop_intermediate=True)
         roc_ax.plot(fpr, tpr, color=color, lw=1.5, label=f"{ood} ({auroc(scores_in, values):.3f})")
     roc_ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.6")
     roc_ax.set(xlim=(0, 1), ylim=(0, 1.01))
