@@ -1,7 +1,9 @@
-"""KerasBackend: pre-softmax logits, layer capture, head weights and ODIN, on small models built here.
+"""KerasBackend: pre-softmax logits, layer capture, edits, gradients and head weights, on small models
+built here, on whichever backend Keras runs (KERAS_BACKEND=tensorflow, jax or torch).
 
 Every value is compared with an independent computation: a ``keras.Model`` built in the test from the
-model's own tensors, the head's kernel and bias applied in numpy, a ``tf.GradientTape`` written out here.
+model's own tensors, the head's kernel and bias applied in numpy, gradients derived by hand and computed in
+float64 numpy, and an equivalent PyTorch model differentiated with ``torch.autograd`` directly.
 """
 
 from __future__ import annotations
@@ -10,11 +12,22 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
 
 import oodscope.backends.keras as keras_backend  # noqa: E402
-from oodscope.backends import HeadNotLinearError, LayerNotFoundError, get_backend  # noqa: E402
-from oodscope.backends.keras import KerasBackend  # noqa: E402
+from oodscope.backends import (  # noqa: E402
+    INPUT,
+    HeadNotLinearError,
+    LayerNotFoundError,
+    get_backend,
+)
+from oodscope.backends.keras import KerasBackend, KerasOps  # noqa: E402
+from oodscope.losses import KLToUniform, MaxLogit, PredictedClassCE  # noqa: E402
+
+BACKEND = keras.backend.backend()
+needs_tensorflow = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason=f"needs the TensorFlow backend of Keras (this one runs on {BACKEND})"
+)
+tf = pytest.importorskip("tensorflow") if BACKEND == "tensorflow" else None
 
 L = keras.layers
 N_CLASSES = 10
@@ -102,12 +115,14 @@ def x() -> np.ndarray:
 
 
 def numpy(tensor) -> np.ndarray:
-    return tensor.numpy() if hasattr(tensor, "numpy") else keras.ops.convert_to_numpy(tensor)
+    if isinstance(tensor, keras.Variable):
+        tensor = tensor.value
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
 
 
 def reference(model, outputs, x) -> np.ndarray:
     """``keras.Model(model.inputs, outputs)(x)``: a sub-model built here, independently of the backend."""
-    return numpy(keras.Model(model.inputs, outputs)(tf.constant(x), training=False))
+    return numpy(keras.Model(model.inputs, outputs)(x, training=False))
 
 
 def penultimate_reference(model, x) -> np.ndarray:
@@ -285,9 +300,13 @@ def test_multi_input_model():
     logits, layers = backend.run_batch(data)
     np.testing.assert_array_equal(layers["penultimate"], np.concatenate(data, axis=1))
     np.testing.assert_allclose(numpy(keras.ops.softmax(logits)), numpy(model(data)), atol=1e-6)
-    np.testing.assert_array_equal(backend.odin_logits(data, 2.0, 0.0), logits)
-    perturbed = backend.odin_logits(data, 2.0, 0.05)
-    assert perturbed.shape == logits.shape and not np.allclose(perturbed, logits)
+    # logits = [a, b] @ W + bias: the gradient of the largest logit is W's column, split between the inputs
+    grad_logits, _, grads = backend.gradients(data, MaxLogit())
+    np.testing.assert_array_equal(grad_logits, logits)
+    column = backend.head_weights()[0][logits.argmax(axis=1)]
+    assert isinstance(grads[INPUT], list) and len(grads[INPUT]) == 2
+    np.testing.assert_allclose(grads[INPUT][0], column[:, :3], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads[INPUT][1], column[:, 3:], rtol=1e-6, atol=1e-7)
 
 
 def test_public_layer_attributes_are_the_fallback(models, x, monkeypatch):
@@ -343,50 +362,353 @@ def test_non_dense_head_with_softmax_activation_is_refused():
         KerasBackend(model)
 
 
-# --- ODIN ---------------------------------------------------------------------------------------------------
+# --- ops, edits and gradients -------------------------------------------------------------------------------
 
 
-def manual_odin(model, penultimate_layer, head, x, temperature, eps):
-    """The ODIN logits written out: a gradient of the summed cross-entropy w.r.t. the input."""
-    features = keras.Model(model.inputs, penultimate_layer)
+def test_keras_ops_match_numpy():
+    ops = KerasBackend.ops
+    assert isinstance(ops, KerasOps) and ops.native is keras.ops
+    z = np.random.default_rng(7).normal(size=(4, 5)).astype(np.float32)
+    tensor = keras.ops.convert_to_tensor(z)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(numpy(ops.log_softmax(tensor)), log_softmax, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(numpy(ops.logsumexp(tensor)), (z - log_softmax)[:, 0], rtol=1e-5)
+    np.testing.assert_array_equal(numpy(ops.max(tensor)), z.max(axis=1))
+    np.testing.assert_allclose(numpy(ops.mean(tensor)), z.mean(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(numpy(ops.argmax(tensor)), z.argmax(axis=1))
+    index = keras.ops.convert_to_tensor(np.array([4, 0, 2, 2]))
+    np.testing.assert_array_equal(numpy(ops.pick(tensor, index)), z[np.arange(4), [4, 0, 2, 2]])
+    np.testing.assert_allclose(float(numpy(ops.total(tensor))), z.sum(), rtol=1e-6)
+    np.testing.assert_array_equal(numpy(ops.stop_gradient(tensor)), z)
 
-    def logits_of(inputs):
-        return tf.matmul(features(inputs, training=False), head.kernel) + head.bias
 
-    inputs = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(inputs)
-        logits = logits_of(inputs)
-        loss = tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(tf.argmax(logits, axis=1), logits / temperature)
-        )
-    perturbed = inputs - eps * tf.sign(tape.gradient(loss, inputs))
-    return logits_of(perturbed).numpy()
+def test_the_backend_provides_edits_and_gradients_and_nothing_named_after_a_detector():
+    assert KerasBackend.provides == {"edits", "gradients"}
+    KerasBackend.require("gradients", "a test")
+    KerasBackend.require("edits", "a test")
+    assert not hasattr(KerasBackend, "odin_logits")
 
 
-def test_odin_eps_zero_is_the_plain_logits_and_eps_matches_a_manual_tape(models, x):
+def softmax64(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def loss_gradient(loss, logits: np.ndarray) -> np.ndarray:
+    """dL/dz of each loss of oodscope.losses, derived by hand, in float64."""
+    z = logits.astype(np.float64)
+    predicted = np.eye(z.shape[1])[z.argmax(axis=1)]
+    if isinstance(loss, MaxLogit):
+        return predicted
+    if isinstance(loss, PredictedClassCE):
+        return (softmax64(z / loss.temperature) - predicted) / loss.temperature
+    if isinstance(loss, KLToUniform):
+        return softmax64(z) - 1.0 / z.shape[1]
+    raise AssertionError(loss)
+
+
+ACTIVATIONS = {
+    "linear": (lambda a: a, lambda a: np.ones_like(a)),
+    "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64)),
+    "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
+}
+
+
+def mlp_gradients(x, dense, loss):
+    """Flatten, then the ``(Dense layer, activation name)`` pairs, forward and backward in float64 numpy:
+    ``(logits, dL/dx [B, D], [dL/d(output of each Dense but the last)])``; the last one gives the logits."""
+    h = x.reshape(len(x), -1).astype(np.float64)
+    inputs, pre = [], []
+    for layer, activation in dense:
+        inputs.append(h)
+        pre.append(h @ numpy(layer.kernel).astype(np.float64) + numpy(layer.bias).astype(np.float64))
+        h = ACTIVATIONS[activation][0](pre[-1])
+    grad = loss_gradient(loss, h)
+    hidden = []
+    for i in reversed(range(len(dense))):
+        layer, activation = dense[i]
+        if i < len(dense) - 1:
+            hidden.insert(0, grad)
+        grad = (grad * ACTIVATIONS[activation][1](pre[i])) @ numpy(layer.kernel).astype(np.float64).T
+    return h, grad, hidden
+
+
+def assert_gradient_close(actual, expected, rtol=1e-4):
+    """Close relative to the gradient's own scale (PredictedClassCE(1000) gives gradients near 1e-3)."""
+    assert actual.shape == expected.shape and actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+LOSSES = [MaxLogit(), PredictedClassCE(1000.0), PredictedClassCE(1.0), KLToUniform()]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=repr)
+def test_input_gradient_of_a_linear_model_is_derived_by_hand(loss):
+    # z = x W + b: d/dx of sum_i L(z_i) = dL/dz @ W.T, e.g. W's column of the predicted class for MaxLogit
+    keras.utils.set_random_seed(3)
+    model = functional([L.Dense(5, name="head")], shape=(6,))
+    model.layers[-1].bias.assign(np.linspace(-1, 1, 5).astype("float32"))
+    data = np.random.default_rng(8).normal(size=(16, 6)).astype(np.float32)
+    backend = KerasBackend(model, ["penultimate"])
+    logits, layers, grads = backend.gradients(data, loss)
+    np.testing.assert_array_equal(logits, backend.run_batch(data)[0])
+    np.testing.assert_array_equal(layers["penultimate"], data)
+    kernel = numpy(model.layers[-1].kernel).astype(np.float64)
+    expected = loss_gradient(loss, data.astype(np.float64) @ kernel + np.linspace(-1, 1, 5)) @ kernel.T
+    assert list(grads) == [INPUT]
+    assert_gradient_close(grads[INPUT], expected, rtol=1e-5)
+    if isinstance(loss, MaxLogit):
+        np.testing.assert_allclose(grads[INPUT], kernel[:, logits.argmax(axis=1)].T, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=repr)
+def test_gradients_of_a_nonlinear_model_follow_the_chain_rule(loss):
+    keras.utils.set_random_seed(4)
+    layers = [
+        L.Flatten(),
+        L.Dense(12, activation="tanh", name="hidden"),
+        L.Dense(8, activation="tanh", name="hidden2"),
+        L.Dense(5, activation="softmax", name="head"),
+    ]
+    model = functional(layers, shape=(3, 4, 1))
+    data = np.random.default_rng(9).normal(size=(16, 3, 4, 1)).astype(np.float32)
+    backend = KerasBackend(model, ["hidden", "penultimate", "hidden2"])
+    logits, activations, grads = backend.gradients(data, loss, [INPUT, "hidden", "penultimate", "hidden2"])
+    plain_logits, plain_layers = backend.run_batch(data)
+    np.testing.assert_allclose(logits, plain_logits, rtol=1e-6, atol=1e-6)
+    for key in plain_layers:
+        np.testing.assert_allclose(activations[key], plain_layers[key], rtol=1e-6, atol=1e-6)
+    dense = [(layers[1], "tanh"), (layers[2], "tanh"), (layers[3], "linear")]
+    expected_logits, expected_input, (expected_hidden, expected_hidden2) = mlp_gradients(data, dense, loss)
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    assert list(grads) == [INPUT, "hidden", "penultimate", "hidden2"]
+    assert_gradient_close(grads[INPUT], expected_input.reshape(data.shape))
+    assert_gradient_close(grads["hidden"], expected_hidden)
+    assert_gradient_close(grads["hidden2"], expected_hidden2)
+    np.testing.assert_array_equal(grads["penultimate"], grads["hidden2"])
+
+
+def test_layer_gradients_through_a_linear_tail_are_head_columns(models, x):
+    # toy convnet: pool2 -> Flatten -> Dropout (identity in inference) -> Dense; the logits are linear in
+    # each of them, so the gradient of the largest logit is the head kernel's column of the predicted class
     model = models["functional"]
+    ids = ["pool2", "flatten", "penultimate", -1]
+    backend = KerasBackend(model, ids)
+    logits, layers, grads = backend.gradients(x, MaxLogit(), [*ids, INPUT])
+    plain_logits, plain_layers = backend.run_batch(x)
+    np.testing.assert_allclose(logits, plain_logits, rtol=1e-6, atol=1e-6)
+    for key in ids:
+        np.testing.assert_allclose(layers[key], plain_layers[key], rtol=1e-6, atol=1e-6)
+    columns = numpy(model.layers[-1].kernel)[:, logits.argmax(axis=1)].T
+    np.testing.assert_allclose(grads["penultimate"], columns, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads["flatten"], columns, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads["pool2"].reshape(len(x), -1), columns, rtol=1e-6, atol=1e-7)
+    # the probabilities are computed from the logits, not the reverse: the loss does not depend on them
+    np.testing.assert_array_equal(grads[-1], np.zeros_like(layers[-1]))
+    assert grads[INPUT].shape == x.shape and np.abs(grads[INPUT]).max() > 0
+
+
+def test_gradients_of_a_model_with_free_spatial_sizes():
+    # 1x1 conv -> global average -> Dense, all linear: d max_c z / d conv = W[:, k] / (H W) at every pixel
+    keras.utils.set_random_seed(5)
+    conv = L.Conv2D(3, 1, name="conv")
+    model = functional([conv, L.GlobalAveragePooling2D(), L.Dense(4, name="head")], shape=(None, None, 2))
+    data = np.random.default_rng(10).normal(size=(5, 6, 7, 2)).astype(np.float32)
+    backend = KerasBackend(model, ["conv"])
+    logits, layers, grads = backend.gradients(data, MaxLogit(), [INPUT, "conv"])
+    assert layers["conv"].shape == grads["conv"].shape == (5, 6, 7, 3)
+    columns = numpy(model.layers[-1].kernel)[:, logits.argmax(axis=1)].T / 42.0  # [B, 3]
+    np.testing.assert_allclose(
+        grads["conv"], np.broadcast_to(columns[:, None, None], (5, 6, 7, 3)), rtol=1e-5
+    )
+    per_pixel = columns @ numpy(conv.kernel)[0, 0].T  # [B, 2]
+    np.testing.assert_allclose(grads[INPUT], np.broadcast_to(per_pixel[:, None, None], data.shape), rtol=1e-5)
+
+
+def test_the_input_layer_as_a_target_is_the_input(models, x):
+    backend = KerasBackend(models["functional"], [0])
+    _, layers, grads = backend.gradients(x[:8], PredictedClassCE(1000.0), [0, INPUT])
+    np.testing.assert_array_equal(layers[0], x[:8])
+    np.testing.assert_allclose(grads[0], grads[INPUT], rtol=1e-6, atol=1e-12)
+
+
+def test_gradient_targets_losses_and_inputs_are_checked(models, x):
+    backend = KerasBackend(models["functional"], ["penultimate"])
+    with pytest.raises(
+        ValueError, match="'conv1'.*INPUT .* or one of the backend's layer_ids \\('penultimate'\\)"
+    ):
+        backend.gradients(x[:2], MaxLogit(), ["conv1"])
+    with pytest.raises(TypeError, match="sequence of targets"):
+        backend.gradients(x[:2], MaxLogit(), "penultimate")
+    with pytest.raises(TypeError, match="loss must be a function"):
+        backend.gradients(x[:2], "max_logit")
+    with pytest.raises(ValueError, match="scalar"):
+        backend.gradients(x[:2], lambda logits, ops: ops.max(logits))
+    logits, layers, grads = backend.gradients(x[:2], MaxLogit(), ())
+    np.testing.assert_array_equal(logits, backend.run_batch(x[:2])[0])
+    assert grads == {} and list(layers) == ["penultimate"]
+
+    tokens = keras.Input((4,), dtype="int32")
+    embedded = L.Embedding(10, 3, name="embedding")(tokens)
+    text_model = keras.Model(tokens, L.Dense(2)(L.Flatten()(embedded)))
+    ids = np.arange(8, dtype=np.int32).reshape(2, 4)
+    text = KerasBackend(text_model, [0, "embedding"])
+    with pytest.raises(ValueError, match="floating-point model inputs.*int32"):
+        text.gradients(ids, MaxLogit())
+    with pytest.raises(ValueError, match="layer 0: its output is int32"):
+        text.gradients(ids, MaxLogit(), [0])
+    _, _, grads = text.gradients(ids, MaxLogit(), ["embedding"])
+    assert grads["embedding"].shape == (2, 4, 3)
+
+
+def test_a_layer_called_twice_cannot_be_edited_or_differentiated():
+    inputs = keras.Input((8,))
+    shared = L.Dense(8, name="shared")
+    model = keras.Model(inputs, L.Dense(3)(shared(shared(inputs))))
+    data = np.random.default_rng(11).random((5, 8), dtype=np.float32)
+    backend = KerasBackend(model, ["penultimate"])
+    backend.run_batch(data)  # a tap of its output is fine
+    with pytest.raises(ValueError, match="'penultimate' is made by 'shared', which is called 2 times"):
+        backend.gradients(data, MaxLogit(), ["penultimate"])
+    with pytest.raises(ValueError, match="'penultimate' is made by 'shared', which is called 2 times"):
+        KerasBackend(model, edits={"penultimate": lambda t, ops: t})
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "activation_head"])
+def test_an_edit_that_zeros_the_penultimate_leaves_the_head_bias(models, x, kind):
+    model = models[kind]
+    dense = [layer for layer in model.layers if isinstance(layer, L.Dense)][-1]
+    ids = ["penultimate", dense.name, 1]
+    plain_logits, plain = KerasBackend(model, ids).run_batch(x)
+    edited = KerasBackend(model, ids, edits={"penultimate": lambda t, ops: ops.native.zeros_like(t)})
+    logits, layers = edited.run_batch(x)
+    np.testing.assert_allclose(logits, np.broadcast_to(numpy(dense.bias), logits.shape), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(layers["penultimate"], np.zeros_like(plain["penultimate"]))
+    # the head layer itself ran on the edited tensor too
+    bias = np.broadcast_to(numpy(dense.bias), logits.shape)
+    expected = bias if kind == "activation_head" else numpy(keras.ops.softmax(bias))
+    np.testing.assert_allclose(layers[dense.name], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(layers[1], plain[1])  # before the edit: unchanged
+    assert not np.allclose(plain_logits, logits)
+
+
+@pytest.mark.parametrize("kind", ["functional", "activation_head"])
+def test_a_clipping_edit_of_the_penultimate_equals_clipping_by_hand(models, x, kind):
+    model = models[kind]
+    dense = [layer for layer in model.layers if isinstance(layer, L.Dense)][-1]
+    penultimate = penultimate_reference(model, x)
+    bound = float(np.quantile(penultimate[penultimate > 0], 0.5))
+    backend = KerasBackend(
+        model, ["penultimate"], edits={"penultimate": lambda t, ops: ops.native.minimum(t, bound)}
+    )
+    logits, layers = backend.run_batch(x)
+    clipped = np.minimum(penultimate, bound)
+    np.testing.assert_allclose(layers["penultimate"], clipped, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        logits, clipped @ numpy(dense.kernel) + numpy(dense.bias), rtol=1e-5, atol=1e-5
+    )
+    assert np.abs(logits - KerasBackend(model).run_batch(x)[0]).max() > 1e-3
+    # the gradient with respect to the edited layer is taken after the edit: still the head's columns
+    _, _, grads = backend.gradients(x, MaxLogit(), ["penultimate"])
+    np.testing.assert_allclose(
+        grads["penultimate"], numpy(dense.kernel)[:, logits.argmax(axis=1)].T, rtol=1e-6
+    )
+
+
+def test_an_edit_inside_the_network_reaches_the_layers_after_it(models, x):
+    model = models["linear_head"]  # Input, Flatten, Dense(relu), BatchNormalization, Dense
+    hidden, norm, head = model.layers[2:]
+    backend = KerasBackend(model, [2, 3], edits={2: lambda t, ops: t * 2.0 + 1.0})
+    logits, layers = backend.run_batch(x)
+    edited = reference(model, hidden.output, x) * 2.0 + 1.0
+    normalized = numpy(norm(keras.ops.convert_to_tensor(edited), training=False))  # eager: no new node
+    np.testing.assert_allclose(layers[2], edited, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layers[3], normalized, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, normalized @ numpy(head.kernel), rtol=1e-5, atol=1e-5)
+
+
+def test_an_edit_of_the_input_and_the_gradient_through_it():
+    # z = (2 x) W + b: the logits of the doubled input, and an input gradient of twice W's column
+    keras.utils.set_random_seed(6)
+    model = functional([L.Dense(4, name="head")], shape=(6,))
+    data = np.random.default_rng(12).normal(size=(9, 6)).astype(np.float32)
+    backend = KerasBackend(model, ["penultimate", 0], edits={"penultimate": lambda t, ops: t * 2.0})
+    logits, layers, grads = backend.gradients(data, MaxLogit(), [INPUT, 0])
+    kernel, bias = numpy(model.layers[-1].kernel), numpy(model.layers[-1].bias)
+    np.testing.assert_allclose(logits, 2.0 * data @ kernel + bias, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(layers["penultimate"], 2.0 * data)
+    np.testing.assert_array_equal(layers[0], 2.0 * data)
+    columns = kernel[:, logits.argmax(axis=1)].T
+    np.testing.assert_allclose(grads[INPUT], 2.0 * columns, rtol=1e-6)
+    np.testing.assert_allclose(grads[0], columns, rtol=1e-6)
+
+
+def test_edits_are_checked(models, x):
+    model = models["functional"]
+    with pytest.raises(TypeError, match="edits must be a mapping"):
+        KerasBackend(model, edits=[("conv1", lambda t, ops: t)])
+    with pytest.raises(TypeError, match="edit of layer 'conv1' must be a function"):
+        KerasBackend(model, edits={"conv1": 2.0})
+    with pytest.raises(LayerNotFoundError, match="no_such_layer"):
+        KerasBackend(model, edits={"no_such_layer": lambda t, ops: t})
+    with pytest.raises(ValueError, match="edits of 'penultimate' and 'dropout' replace the same tensor"):
+        KerasBackend(model, edits={"penultimate": lambda t, ops: t, "dropout": lambda t, ops: t})
+    with pytest.raises(ValueError, match="edit of layer 'conv1' changed the shape.*keep the shape"):
+        KerasBackend(model, edits={"conv1": lambda t, ops: t[:, 1:]}).run_batch(x[:2])
+    with pytest.raises(TypeError, match="edit of layer 'conv1' returned float"):
+        KerasBackend(model, edits={"conv1": lambda t, ops: 0.0}).run_batch(x[:2])
+    # a float64 result is cast back to the layer's dtype
+    logits, layers = KerasBackend(
+        model, ["conv1"], edits={"conv1": lambda t, ops: ops.native.cast(t, "float64")}
+    ).run_batch(x[:4])
+    assert layers["conv1"].dtype == logits.dtype == np.float32
+    np.testing.assert_allclose(logits, KerasBackend(model).run_batch(x[:4])[0], rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_agree_with_an_equivalent_torch_model():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 5 * 5, 5),
+    ).eval()
+    images = np.random.default_rng(13).random((16, 1, 12, 12), dtype=np.float32)  # NCHW
+    temperature, eps = 1000.0, 0.002
+
+    # the reference: torch autograd on the torch model
+    inputs = torch.from_numpy(images).requires_grad_(True)
+    torch_logits = net(inputs)
+    loss = torch.nn.functional.cross_entropy(
+        torch_logits / temperature, torch_logits.argmax(dim=1), reduction="sum"
+    )
+    (torch_grad,) = torch.autograd.grad(loss, inputs)
+    with torch.no_grad():
+        torch_perturbed = net(inputs - eps * torch.sign(torch_grad)).numpy()
+    torch_logits, torch_grad = torch_logits.detach().numpy(), torch_grad.numpy()
+
+    # the same weights in a channels-last Keras model; Permute puts the features in torch's flatten order
+    keras_inputs = keras.Input((12, 12, 1))
+    conv = L.Conv2D(4, 3, activation="relu")
+    linear = L.Dense(5)
+    features = L.Flatten()(L.Permute((3, 1, 2))(L.MaxPooling2D(2)(conv(keras_inputs))))
+    model = keras.Model(keras_inputs, linear(features))
+    conv.kernel.assign(net[0].weight.detach().numpy().transpose(2, 3, 1, 0))
+    conv.bias.assign(net[0].bias.detach().numpy())
+    linear.kernel.assign(net[4].weight.detach().numpy().T)
+    linear.bias.assign(net[4].bias.detach().numpy())
+
+    nhwc = images.transpose(0, 2, 3, 1)
     backend = KerasBackend(model)
-    plain, _ = backend.run_batch(x)
-    np.testing.assert_array_equal(backend.odin_logits(x, temperature=1000.0, eps=0.0), plain)
-    head = model.layers[-1]
-    for temperature, eps in [(1000.0, 0.002), (1.0, 0.01)]:
-        perturbed = backend.odin_logits(x, temperature=temperature, eps=eps)
-        expected = manual_odin(model, head.input, head, x, temperature, eps)
-        np.testing.assert_allclose(perturbed, expected, rtol=1e-5, atol=1e-5)
-        assert np.abs(perturbed - plain).max() > 1e-3  # the perturbation does something
-
-
-def test_odin_raises_the_temperature_scaled_confidence(models, x):
-    # the step descends the cross-entropy of the predicted class, so its softmax probability goes up
-    backend = KerasBackend(models["linear_head"])
-    plain, _ = backend.run_batch(x)
-    perturbed = backend.odin_logits(x, temperature=10.0, eps=0.001)
-
-    def confidence(logits):
-        return numpy(keras.ops.softmax(logits / 10.0)).max(axis=1)
-
-    assert (confidence(perturbed) > confidence(plain)).mean() > 0.9
+    logits, _, grads = backend.gradients(nhwc, PredictedClassCE(temperature), (INPUT,))
+    np.testing.assert_allclose(logits, torch_logits, rtol=1e-4, atol=1e-6)
+    assert_gradient_close(grads[INPUT].transpose(0, 3, 1, 2), torch_grad, rtol=1e-3)
+    perturbed, _ = backend.run_batch(nhwc - eps * np.sign(grads[INPUT]))
+    np.testing.assert_allclose(perturbed, torch_perturbed, rtol=1e-4, atol=1e-5)
+    assert np.abs(perturbed - logits).max() > 1e-3  # the step does something
 
 
 # --- inputs and batches -------------------------------------------------------------------------------------
@@ -395,14 +717,21 @@ def test_odin_raises_the_temperature_scaled_confidence(models, x):
 def test_numpy_tensor_and_float64_inputs_agree(models, x):
     backend = KerasBackend(models["functional"], ["conv1", "penultimate"])
     logits, layers = backend.run_batch(x)
-    for other in (tf.constant(x), x.astype(np.float64), keras.ops.convert_to_tensor(x)):
+    others = [x.astype(np.float64), keras.ops.convert_to_tensor(x)]
+    if tf is not None:
+        others.append(tf.constant(x))
+    for other in others:
         other_logits, other_layers = backend.run_batch(other)
         np.testing.assert_array_equal(other_logits, logits)
         for key in layers:
             np.testing.assert_array_equal(other_layers[key], layers[key])
-    np.testing.assert_allclose(
-        backend.odin_logits(tf.constant(x), 1000.0, 0.002), backend.odin_logits(x, 1000.0, 0.002), atol=1e-6
-    )
+    loss = PredictedClassCE(1000.0)
+    _, _, grads = backend.gradients(x, loss, [INPUT, "conv1"])
+    for other in others:
+        _, _, other_grads = backend.gradients(other, loss, [INPUT, "conv1"])
+        for key in grads:
+            assert other_grads[key].dtype == np.float32
+            np.testing.assert_allclose(other_grads[key], grads[key], rtol=1e-6, atol=1e-9)
 
 
 def test_input_without_the_channel_axis_is_accepted_as_by_keras(models, x):
@@ -453,19 +782,28 @@ def test_half_precision_outputs_come_back_as_float32():
     logits, layers = KerasBackend(model, ["penultimate"]).run_batch(data)
     assert logits.dtype == layers["penultimate"].dtype == np.float32
     np.testing.assert_allclose(numpy(keras.ops.softmax(logits)), numpy(model(data)), atol=2e-3)
+    grad_logits, _, grads = KerasBackend(model, ["penultimate"]).gradients(
+        data, MaxLogit(), [INPUT, "penultimate"]
+    )
+    assert grads[INPUT].dtype == grads["penultimate"].dtype == grad_logits.dtype == np.float32
+    kernel = numpy(model.layers[-1].kernel).astype(np.float32)
+    np.testing.assert_allclose(grads["penultimate"], kernel[:, logits.argmax(axis=1)].T, rtol=2e-3, atol=2e-3)
 
 
-def test_eager_path_for_other_keras_backends(models, x):
-    # without TensorFlow the sub-model runs eagerly through keras.ops; ODIN then needs TensorFlow
-    compiled = KerasBackend(models["functional"], ["conv1"])
-    eager = KerasBackend(models["functional"], ["conv1"])
+@needs_tensorflow
+def test_compiled_and_eager_passes_agree(models, x):
+    # the tf.function path gives the numbers of an eager call through keras.ops, gradients included
+    compiled = KerasBackend(models["functional"], ["conv1"], edits={"conv2": lambda t, ops: t * 0.5})
+    eager = KerasBackend(models["functional"], ["conv1"], edits={"conv2": lambda t, ops: t * 0.5})
     eager._tensorflow = False
     logits, layers = eager.run_batch(x)
     np.testing.assert_array_equal(logits, compiled.run_batch(x)[0])
     np.testing.assert_array_equal(layers["conv1"], compiled.run_batch(x)[1]["conv1"])
-    np.testing.assert_array_equal(eager.odin_logits(x, 1000.0, 0.0), logits)
-    with pytest.raises(NotImplementedError, match="backend"):
-        eager.odin_logits(x, 1000.0, 0.002)
+    loss = PredictedClassCE(1000.0)
+    expected = compiled.gradients(x, loss, [INPUT, "conv1"])[2]
+    for key, grad in eager.gradients(x, loss, [INPUT, "conv1"])[2].items():
+        np.testing.assert_allclose(grad, expected[key], rtol=1e-5, atol=1e-9)
+    assert not eager._compiled
 
 
 # --- subclassed models --------------------------------------------------------------------------------------
@@ -480,19 +818,25 @@ def test_subclassed_model_gives_its_output_as_logits(models, x):
     weight, bias = backend.head_weights()
     np.testing.assert_array_equal(weight, numpy(model.head.kernel).T)
     np.testing.assert_array_equal(bias, numpy(model.head.bias))
-    # the ODIN gradient goes through model(x) directly
-    np.testing.assert_array_equal(backend.odin_logits(x, 1000.0, 0.0), logits)
-    hidden_input = keras.Input((28, 28, 1))
-    rebuilt = keras.Model(hidden_input, model.hidden(model.flatten(hidden_input)))
-    expected = manual_odin(rebuilt, rebuilt.outputs[0], model.head, x, 1000.0, 0.002)
-    np.testing.assert_allclose(backend.odin_logits(x, 1000.0, 0.002), expected, rtol=1e-5, atol=1e-5)
+    # the input gradient goes through model(x) directly
+    loss = PredictedClassCE(2.0)
+    grad_logits, grad_layers, grads = backend.gradients(x, loss)
+    np.testing.assert_allclose(grad_logits, logits, rtol=1e-6, atol=1e-6)
+    assert grad_layers == {} and list(grads) == [INPUT]
+    dense = [(model.hidden, "relu"), (model.head, "linear")]
+    _, expected, _ = mlp_gradients(x, dense, loss)
+    np.testing.assert_allclose(grads[INPUT], expected.reshape(x.shape), rtol=1e-4, atol=1e-7)
 
 
-def test_subclassed_model_layers_raise_with_how_to_fix(models):
+def test_subclassed_model_layers_raise_with_how_to_fix(models, x):
     with pytest.raises(ValueError, match="exposes only its outputs.*functional model"):
         KerasBackend(models["subclassed"], ["penultimate"])
     with pytest.raises(ValueError, match="exposes only its outputs"):
         KerasBackend(models["subclassed"], ["hidden"])
+    with pytest.raises(ValueError, match="Cannot edit layers \\['hidden'\\].*exposes only its outputs"):
+        KerasBackend(models["subclassed"], edits={"hidden": lambda t, ops: t})
+    with pytest.raises(ValueError, match="INPUT .* or one of the backend's layer_ids \\(none\\)"):
+        KerasBackend(models["subclassed"]).gradients(x[:2], MaxLogit(), ["penultimate"])
 
 
 def test_subclassed_model_with_a_softmax_head_or_output(x):
@@ -542,15 +886,24 @@ def test_the_model_is_left_unchanged(models, x, kind):
     model = models[kind]
     before = snapshot(model, x)
     ids = [] if kind == "subclassed" else ["penultimate", 1, -1]
+    edits = {} if kind == "subclassed" else {"penultimate": lambda t, ops: ops.native.minimum(t, 0.5)}
     with KerasBackend(model, ids) as backend:
         backend.run_batch(x)
         backend.head_weights()
-        backend.odin_logits(x, 1000.0, 0.002)
+        backend.gradients(x, PredictedClassCE(1000.0), [INPUT, *ids])
+    with KerasBackend(model, ids, edits=edits) as backend:
+        backend.run_batch(x)
+        backend.gradients(x[:5], MaxLogit(), [INPUT, *ids])
     with pytest.raises(RuntimeError, match="inside the pass"):
         with KerasBackend(model, ids) as backend:
             backend.run_batch(x[:3])
             raise RuntimeError("inside the pass")
     assert_same_snapshot(before, snapshot(model, x))
+    if BACKEND == "torch":  # no gradient is left on, and no flag changed in, the model's parameters
+        assert all(variable.value.grad is None for variable in model.weights)
+        assert [variable.value.requires_grad for variable in model.weights] == [
+            variable.trainable for variable in model.weights
+        ]
 
 
 def test_backend_is_picked_for_keras_models(models):
@@ -568,18 +921,53 @@ def traces(backend: KerasBackend) -> int:
     return sum(function.experimental_get_tracing_count() for function in backend._compiled.values())
 
 
-def test_passes_over_the_same_model_and_layers_reuse_one_compiled_function(models, x):
+def test_passes_over_the_same_model_and_layers_reuse_one_backend(models, x):
     from oodscope import extract
 
     model = models["functional"]
     first = KerasBackend.for_pass(model, ["penultimate"])
     assert KerasBackend.for_pass(model, ["penultimate"]) is first
+    assert KerasBackend.for_pass(model, ["penultimate"], edits={}) is first
     assert KerasBackend.for_pass(model, ["penultimate", "conv1"]) is not first
     for batch_size in (7, 32):
         extract(model, x, ["penultimate"], batch_size=batch_size, progress=False)
-    assert KerasBackend.for_pass(model, ["penultimate"]) is first and traces(first) == 1
+    assert KerasBackend.for_pass(model, ["penultimate"]) is first
+    if BACKEND == "tensorflow":
+        assert traces(first) == 1
     cached = extract(model, x, ["penultimate"], progress=False)
     np.testing.assert_array_equal(cached.layer("penultimate"), penultimate_reference(model, x))
+
+
+def test_the_cache_key_holds_the_edits(models):
+    model = models["functional"]
+
+    def halve(t, ops):
+        return t * 0.5
+
+    edited = KerasBackend.for_pass(model, ["penultimate"], edits={"conv1": halve})
+    assert KerasBackend.for_pass(model, ["penultimate"], edits={"conv1": halve}) is edited
+    assert KerasBackend.for_pass(model, ["penultimate"]) is not edited
+    assert KerasBackend.for_pass(model, ["penultimate"], edits={"conv2": halve}) is not edited
+    assert (
+        KerasBackend.for_pass(model, ["penultimate"], edits={"conv1": lambda t, ops: t * 0.5}) is not edited
+    )
+    both = KerasBackend.for_pass(model, [], edits={"conv1": halve, "conv2": halve})
+    assert KerasBackend.for_pass(model, [], edits={"conv2": halve, "conv1": halve}) is both
+
+
+@needs_tensorflow
+def test_a_gradient_function_is_traced_once_per_loss_and_targets(models, x):
+    backend = KerasBackend(models["functional"], ["penultimate"])
+    for size in (7, 32):
+        backend.gradients(x[:size], PredictedClassCE(1000.0), [INPUT])
+        backend.gradients(x[:size], PredictedClassCE(1000.0), [INPUT])  # an equal loss: the same function
+    assert len(backend._compiled) == 1 and traces(backend) == 1
+    backend.gradients(x, PredictedClassCE(1.0), [INPUT, "penultimate"])
+    backend.gradients(x, MaxLogit(), [INPUT])
+    assert len(backend._compiled) == 3 and traces(backend) == 3
+    for temperature in range(2, 12):  # the most recent eight are kept
+        backend.gradients(x[:2], PredictedClassCE(float(temperature)), [INPUT])
+    assert len(backend._compiled) == keras_backend._MAX_GRADIENT_FUNCTIONS
 
 
 def test_the_cache_does_not_keep_a_model_alive(x):
@@ -634,7 +1022,8 @@ def test_an_error_inside_a_keras_model_says_which_batch():
     with pytest.raises(ValueError) as error:
         extract(model, channels_first)
     assert "batch 1: inputs of shape (5, 1, 8, 8), float32" in " ".join(error.value.__notes__)
-
+    if tf is None:
+        return  # the rest reads a tf.data.Dataset
     samples = tf.data.Dataset.from_tensor_slices(np.zeros((5, 8, 8, 1), np.float32))  # not batched
     with pytest.raises(ValueError) as error:
         extract(model, samples)

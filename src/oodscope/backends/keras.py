@@ -2,8 +2,13 @@
 
 The user's model is only read. Layers are addressed through ``model.layers``; their symbolic outputs in the
 model's own graph become the outputs of a new ``keras.Model`` that shares the layers (and so the weights) but
-adds nothing to them. On the TensorFlow backend of Keras the sub-model is called inside a ``tf.function``,
-which is faster than calling the model eagerly and gives the same numbers.
+adds nothing to them: no layer is called on new symbolic tensors, so no layer gains a node. Edits of a
+layer's output and the zero tensors that gradients with respect to a layer are taken through are applied
+while that sub-model runs its graph on concrete tensors, never written into the graph.
+
+It works on every backend of Keras 3. On TensorFlow, passes and gradients are compiled with
+``tf.function``, which is faster than calling the model eagerly and gives the same numbers; gradients use
+``tf.GradientTape`` there, ``jax.value_and_grad`` on JAX and ``torch.autograd.grad`` on PyTorch.
 
 Rules, in short (details in :class:`KerasBackend`):
 
@@ -11,34 +16,48 @@ Rules, in short (details in :class:`KerasBackend`):
   a ``Sequential`` model does not;
 - logits are always pre-softmax: a ``Dense`` head with a non-linear activation is re-applied without it
   (``penultimate @ kernel + bias``), and an ``Activation`` / ``Softmax`` head contributes its input;
-- subclassed models expose only their outputs: logits come from ``model(x)``; layers cannot be captured.
+- subclassed models expose only their outputs: logits come from ``model(x)``; layers cannot be captured or
+  edited, gradients are taken with respect to the input only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import keras
 import numpy as np
 
 from oodscope.backends import (
+    INPUT,
     PENULTIMATE,
     Backend,
+    EditFn,
     HeadNotLinearError,
     LayerId,
+    LossFn,
+    Ops,
     layer_not_found,
 )
 
-__all__ = ["KerasBackend", "clear_cache"]
+try:  # what Functional.call wraps each operation in (it passes `training` on); private, so optional
+    from keras.src.models.functional import operation_fn as _keras_operation_fn
+except ImportError:  # the sub-model's call context still carries training=False to every layer
+    _keras_operation_fn = None
+
+__all__ = ["KerasBackend", "KerasOps", "clear_cache"]
 
 _UNSET = object()
 
-#: model -> {(layer ids, head id): KerasBackend}; weak keys, so an entry goes with its model
-_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, Any], KerasBackend]] = weakref.WeakKeyDictionary()
+#: model -> {(layer ids, head id, edits): KerasBackend}; weak keys, so an entry goes with its model
+_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], KerasBackend]] = weakref.WeakKeyDictionary()
+
+#: how many compiled gradient functions (one per loss and targets) a backend keeps on TensorFlow
+_MAX_GRADIENT_FUNCTIONS = 8
 
 
 def clear_cache() -> None:
@@ -50,6 +69,16 @@ def _hashable(layer_id: Any) -> Any:
     value = int(layer_id) if _is_integer(layer_id) else layer_id
     hash(value)  # TypeError for an unhashable id
     return (type(value).__name__, value)  # 1 and True stay apart
+
+
+def _identity(function: Any) -> Any:
+    """A cache key for an edit: the object itself when hashable (functions hash by identity, frozen
+    dataclasses by value), else its id (the cached backend keeps the object alive, so the id stays unique)."""
+    try:
+        hash(function)
+    except TypeError:
+        return ("id", id(function))
+    return function
 
 
 #: where a functional model keeps the calls of its layers (one Node per call); read only
@@ -64,16 +93,114 @@ _SUBCLASSED_HELP = (
 )
 
 
+class KerasOps(Ops):
+    """:class:`~oodscope.backends.Ops` with ``keras.ops`` (row-wise along the last axis), on every Keras
+    backend; ``native`` is ``keras.ops``.
+
+    >>> import numpy as np
+    >>> ops = KerasOps()
+    >>> z = ops.native.convert_to_tensor(np.array([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0]]))
+    >>> ops.native.convert_to_numpy(ops.pick(z, ops.argmax(z))).tolist()
+    [3.0, 5.0]
+    """
+
+    native = keras.ops
+
+    def log_softmax(self, z: Any) -> Any:
+        return keras.ops.log_softmax(z, axis=-1)
+
+    def logsumexp(self, z: Any) -> Any:
+        return keras.ops.logsumexp(z, axis=-1)
+
+    def max(self, z: Any) -> Any:
+        return keras.ops.max(z, axis=-1)
+
+    def mean(self, z: Any) -> Any:
+        return keras.ops.mean(z, axis=-1)
+
+    def argmax(self, z: Any) -> Any:
+        return keras.ops.argmax(z, axis=-1)
+
+    def pick(self, z: Any, index: Any) -> Any:
+        picked = keras.ops.take_along_axis(z, keras.ops.expand_dims(index, -1), axis=-1)
+        return keras.ops.squeeze(picked, axis=-1)
+
+    def total(self, t: Any) -> Any:
+        return keras.ops.sum(t)
+
+    def stop_gradient(self, t: Any) -> Any:
+        return keras.ops.stop_gradient(t)
+
+
+#: where a tensor of the graph is made: ("input", i) or ("op", id(operation), output index)
+_Site = tuple
+
+
+class _TappedModel(keras.Model):
+    """The sub-model: a functional model over the user's graph (its layers and their existing nodes).
+
+    Called with ``modifiers`` (``{site: function(tensor) -> tensor}``), it runs the graph as
+    ``Functional.call`` does, replacing the tensors made at those sites by what the functions return, so
+    that every operation after them sees the replaced tensor. Without modifiers it is ``Functional.call``.
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, name: str) -> None:
+        super().__init__(inputs, outputs, name=name)
+
+    def call(self, inputs: Any, training: Any = None, mask: Any = None, modifiers: Any = None) -> Any:
+        if not modifiers:
+            return super().call(inputs, training=training, mask=mask)
+        inputs = list(self._standardize_inputs(inputs))
+        for i, tensor in enumerate(inputs):
+            modify = modifiers.get(("input", i))
+            if modify is not None:
+                inputs[i] = modify(tensor)
+        mapping = getattr(self, "_nnx_op_mapping", None) or {}  # Keras may run a stand-in of an operation
+        by_operation: dict[int, dict[int, Callable[[Any], Any]]] = {}
+        for site, modify in modifiers.items():
+            if site[0] == "op":
+                operation_id = id(mapping[site[1]]) if site[1] in mapping else site[1]
+                by_operation.setdefault(operation_id, {})[site[2]] = modify
+
+        def operation_fn(operation: Any) -> Any:
+            call = (
+                operation
+                if _keras_operation_fn is None
+                else _keras_operation_fn(operation, training=training)
+            )
+            modifies = by_operation.get(id(operation))
+            if modifies is None:
+                return call
+
+            def modified(*args: Any, **kwargs: Any) -> Any:
+                outputs = call(*args, **kwargs)
+                if keras.ops.is_tensor(outputs) and list(modifies) == [0]:
+                    return modifies[0](outputs)
+                flat = keras.tree.flatten(outputs)
+                for index, modify in modifies.items():
+                    flat[index] = modify(flat[index])
+                return keras.tree.pack_sequence_as(outputs, flat)
+
+            return modified
+
+        outputs = self._run_through_graph(inputs, operation_fn=operation_fn)
+        if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+            return outputs[0]
+        return outputs
+
+
 class KerasBackend(Backend):
-    """Run a Keras 3 model over batches, capturing layers, without modifying the model.
+    """Run a Keras 3 model over batches, capturing and editing layers and taking gradients, without
+    modifying the model.
 
     Parameters
     ----------
     model : keras.Model
         A built functional or ``Sequential`` model, or a subclassed model (logits only, see below). It is
-        never modified: no layer is edited, added or removed, no attribute is set, weights are only read.
+        never modified: no layer is edited, added or removed, no attribute is set, no layer gains a node,
+        weights are only read.
     layer_ids : sequence of layer ids, default ()
-        Layers whose activations ``run_batch`` returns, keyed by the ids exactly as given:
+        Layers whose activations ``run_batch`` and ``gradients`` return, keyed by the ids exactly as given:
 
         - a name from ``[layer.name for layer in model.layers]`` (top-level layers; a nested model counts as
           one layer and its output is captured);
@@ -96,40 +223,52 @@ class KerasBackend(Backend):
           the ``Dense`` just before it;
         - any other layer: logits are its output; it must not carry a non-linear ``activation``. An output
           of shape ``[B, 1, ..., 1, C]`` (a 1x1-convolution head) is flattened to ``[B, C]``.
+    edits : mapping of layer id to function, optional
+        ``{layer_id: edit}``, ids addressed like ``layer_ids``: in every forward of this backend the output
+        of the layer (for ``"penultimate"``: the head's input, i.e. the output of the operation making it)
+        is replaced by ``edit(tensor, ops)`` with ``ops`` a :class:`KerasOps` (``ops.native`` is
+        ``keras.ops``). The result must have the tensor's shape; it is cast back to its dtype. Later layers,
+        the logits and the taps see the edited tensor; a tap of the edited layer returns it. The operation
+        making an edited tensor must be called once in the model; two ids of the same tensor raise
+        ``ValueError``.
 
     Subclassed models (and a ``Sequential`` model whose layers Keras could not trace) have no graph of
-    layers, so only their output is reachable: ``layer_ids`` must be empty (``ValueError`` otherwise, with
-    how to wrap the layers in a functional model), and the logits are ``model(x)`` itself. Keras cannot tell
-    which layer ``call()`` runs last, so the head (default: the last layer in ``model.layers``, i.e. the
-    last one assigned in ``__init__``) is trusted as given: if it outputs probabilities (a ``Softmax``
-    layer, or a softmax, sigmoid or log-softmax activation) the constructor raises ``ValueError``, and
-    ``head_weights`` reads it when it is a ``Dense`` with a linear activation. A ``UserWarning`` is raised
-    when the first batch of outputs looks like probabilities (a softmax applied inside ``call()``).
-    A ``Sequential`` model that was never built raises ``ValueError``: building it would create weights.
+    layers, so only their output is reachable: ``layer_ids`` and ``edits`` must be empty (``ValueError``
+    otherwise, with how to wrap the layers in a functional model), the logits are ``model(x)`` itself, and
+    gradients are taken with respect to the input only. Keras cannot tell which layer ``call()`` runs last,
+    so the head (default: the last layer in ``model.layers``, i.e. the last one assigned in ``__init__``) is
+    trusted as given: if it outputs probabilities (a ``Softmax`` layer, or a softmax, sigmoid or log-softmax
+    activation) the constructor raises ``ValueError``, and ``head_weights`` reads it when it is a ``Dense``
+    with a linear activation. A ``UserWarning`` is raised when the first batch of outputs looks like
+    probabilities (a softmax applied inside ``call()``). A ``Sequential`` model that was never built raises
+    ``ValueError``: building it would create weights.
 
     Raises
     ------
     LayerNotFoundError
         For an unknown layer name or an out-of-range index; the message lists the layer names.
     TypeError
-        For a layer id that is neither a ``str`` nor an ``int``.
+        For a layer id that is neither a ``str`` nor an ``int``, or an edit that is not callable.
     ValueError
         For an unbuilt model, a layer with several outputs or several calls, ``"penultimate"`` as the head
-        or where the linear head has no single input, or logits that cannot be recovered (a softmax head
-        of a subclassed model).
+        or where the linear head has no single input, logits that cannot be recovered (a softmax head
+        of a subclassed model), or edits of a subclassed model.
 
     Notes
     -----
     Inputs (numpy arrays or tensors) are converted to the dtype of the model's input(s), as ``model(x)``
     does. Outputs come back as numpy arrays in Keras' ``[B, ..., C]`` layout; float16 and bfloat16 (mixed
-    precision) as float32. ``run_batch`` and ``odin_logits`` are compiled with ``tf.function`` on the
-    TensorFlow backend of Keras, which gives the numbers of an eager call, faster; other Keras backends
-    run the sub-model eagerly, and ``odin_logits`` raises ``NotImplementedError`` there. Nothing is set up
-    or undone around a pass, so ``with backend:`` is optional.
+    precision) as float32. On the TensorFlow backend of Keras, ``run_batch`` and ``gradients`` are
+    compiled with ``tf.function`` (one function per pass, and one per loss and set of targets, of which the
+    last eight are kept), which gives the numbers of an eager call, faster; on JAX and PyTorch they run
+    eagerly (``run_batch`` under ``torch.no_grad()`` on PyTorch). Nothing is set up or undone around a
+    pass, so ``with backend:`` is optional.
 
     Examples
     --------
     >>> import keras, numpy as np
+    >>> from oodscope.backends import INPUT
+    >>> from oodscope.losses import MaxLogit
     >>> inputs = keras.Input((4,), name="pixels")
     >>> hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(hidden))
@@ -141,42 +280,78 @@ class KerasBackend(Backend):
     True
     >>> backend.layer_names()
     ['pixels', 'hidden', 'head']
+    >>> logits, layers, grads = backend.gradients(np.ones((2, 4)), MaxLogit(), wrt=[INPUT, "penultimate"])
+    >>> grads[INPUT].shape, grads["penultimate"].shape
+    ((2, 4), (2, 8))
+    >>> kernel = keras.ops.convert_to_numpy(model.get_layer("head").kernel)
+    >>> bool(np.allclose(grads["penultimate"], kernel[:, logits.argmax(axis=1)].T))
+    True
+    >>> zeroed = KerasBackend(model, edits={"hidden": lambda t, ops: ops.native.zeros_like(t)})
+    >>> zeroed.run_batch(np.ones((2, 4)))[0]  # the head's bias, zero at initialization
+    array([[0., 0., 0.],
+           [0., 0., 0.]], dtype=float32)
     """
 
     framework: ClassVar[str] = "keras"
     channels_last: ClassVar[bool] = True
+    provides: ClassVar[frozenset[str]] = frozenset({"edits", "gradients"})
+    ops: ClassVar[Ops] = KerasOps()
 
-    def __init__(self, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        layer_ids: Sequence[LayerId] = (),
+        head_layer_id: LayerId = -1,
+        edits: Mapping[LayerId, EditFn] | None = None,
+    ) -> None:
         if not isinstance(model, keras.Model):
             raise TypeError(f"KerasBackend needs a keras.Model; got {type(model).__name__}.")
         if isinstance(layer_ids, str) or _is_integer(layer_ids):
             raise TypeError(
                 f"layer_ids must be a sequence of layer ids, e.g. [{layer_ids!r}]; got {layer_ids!r}."
             )
+        if edits is None:
+            edits = {}
+        if not isinstance(edits, Mapping):
+            raise TypeError(
+                f"edits must be a mapping {{layer_id: edit(tensor, ops)}}; got {type(edits).__name__}."
+            )
+        for layer_id, edit in edits.items():
+            if not callable(edit):
+                raise TypeError(
+                    f"The edit of layer {layer_id!r} must be a function edit(tensor, ops) -> tensor; got "
+                    f"{type(edit).__name__}."
+                )
         # Read through a weak reference, so that a cached backend (see `for_pass`) does not keep the model
         # alive: nothing else built here (the sub-model, the layers, the compiled functions) refers back to
         # it. A backend built directly also holds it strongly, in `_keep`; `for_pass` drops that.
         self._model = weakref.ref(model)
         self._keep: Any = model
         self.layer_ids = list(layer_ids)
+        self.edits = dict(edits)
         graph = _graph_of(model)
         self._names = [layer.name for layer in model.layers]
-        self._tensorflow = keras.backend.backend() == "tensorflow"
+        self._backend = keras.backend.backend()
+        self._tensorflow = self._backend == "tensorflow"  # compile with tf.function
+        self._torch = self._backend == "torch"
 
         head = self._resolve(head_layer_id, role="head_layer_id")
         self._head = head
         self._dense = None  # the Dense whose kernel/bias give the logits, when the logits are linear in it
         self._matmul_head = None  # a Dense head whose activation the logits leave out
+        self._inputs = None if graph is None else list(graph.inputs)
+        self._edit_sites: dict[_Site, Callable[[Any], Any]] = {}
+        self._slot_sites: dict[int, _Site | str] = {}  # a tap's site, or why it has none
         if graph is None:
             self._init_graphless(head)
         else:
             self._init_graph(head, graph)
+        self._slot_of = {_hashable(layer_id): slot for layer_id, slot in self._layer_slots.items()}
         self._checked_output = graph is not None
-        self._inputs = None if graph is None else list(graph.inputs)
         self._graph = None if graph is None else weakref.ref(graph)  # see `_matches`
         self._layers = tuple(model.layers)
         self._weights = tuple(model.weights)
-        self._compiled: dict[tuple[str, bool], Any] = {}
+        self._compiled: dict[Any, Any] = {}
         self._spec: Any = _UNSET
 
     @property
@@ -185,24 +360,35 @@ class KerasBackend(Backend):
         return self._model()
 
     @classmethod
-    def for_pass(cls, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> Backend:
-        """A backend for one pass; the one built for the same model, layers and head is reused.
+    def for_pass(
+        cls,
+        model: Any,
+        layer_ids: Sequence[LayerId] = (),
+        head_layer_id: LayerId = -1,
+        edits: Mapping[LayerId, EditFn] | None = None,
+    ) -> Backend:
+        """A backend for one pass; the one built for the same model, layers, head and edits is reused.
 
         Building the sub-model and tracing its ``tf.function`` costs far more than a small batch, so, as
         Keras does with ``model.predict``, the compiled pass is kept (while the model lives) and reused by
-        every later ``extract`` / ``score`` over that model. A model that gained or lost layers or weight
-        variables since (``Sequential.add``, ``quantize``) is noticed and rebuilt; new values in the same
-        variables (training) need nothing. Edits Keras cannot see (replacing a layer's ``activation``
-        attribute after a first pass) are not noticed: call :func:`clear_cache` after them.
+        every later ``extract`` / ``score`` over that model. Edits are the same when they are the same
+        function objects (or equal hashable objects, e.g. frozen dataclasses) for the same layer ids. A
+        model that gained or lost layers or weight variables since (``Sequential.add``, ``quantize``) is
+        noticed and rebuilt; new values in the same variables (training) need nothing. Edits Keras cannot
+        see (replacing a layer's ``activation`` attribute after a first pass) are not noticed: call
+        :func:`clear_cache` after them.
         """
         try:
-            key = (tuple(_hashable(layer_id) for layer_id in layer_ids), _hashable(head_layer_id))
+            edit_key = frozenset(
+                (_hashable(layer_id), _identity(edit)) for layer_id, edit in (edits or {}).items()
+            )
+            key = (tuple(_hashable(layer_id) for layer_id in layer_ids), _hashable(head_layer_id), edit_key)
             cached = _CACHE.setdefault(model, {})
-        except TypeError:  # an unhashable id (rejected with a clear message below) or model
-            return cls(model, layer_ids, head_layer_id)
+        except (TypeError, AttributeError):  # an unhashable id or model, or edits that are no mapping
+            return cls(model, layer_ids, head_layer_id, edits)
         backend = cached.get(key)
         if backend is None or not backend._matches(model):
-            backend = cached[key] = cls(model, layer_ids, head_layer_id)
+            backend = cached[key] = cls(model, layer_ids, head_layer_id, edits)
             backend._keep = None  # the caller holds the model for the pass; the cache must not
         return backend
 
@@ -298,28 +484,66 @@ class KerasBackend(Backend):
             tensors.append(tensor)
             return len(tensors) - 1
 
-        self._logits_slot = slot(penultimate if self._matmul_head is not None else logits_tensor)
-        self._layer_slots = {}
-        for layer_id in self.layer_ids:
-            if layer_id == PENULTIMATE:
+        def tensor_of(layer_id: LayerId, role: str) -> Any:
+            if isinstance(layer_id, str) and layer_id == PENULTIMATE:
                 if penultimate is None:
                     raise ValueError(
                         f"'{PENULTIMATE}' is undefined for this model: the linear head "
                         f"{getattr(self._linear, 'name', None)!r} does not take a single input tensor. "
                         "Request a layer by name or index instead."
                     )
-                tensor = penultimate
-            else:
-                layer = self._resolve(layer_id, role="layer id")
-                tensor = _single_output(_node(graph, layer), layer)
-            self._layer_slots[layer_id] = slot(tensor)
-        self._submodel = keras.Model(graph.input, tensors, name=f"{self.model.name}_oodscope")
+                return penultimate
+            layer = self._resolve(layer_id, role=role)
+            return _single_output(_node(graph, layer), layer)
+
+        self._logits_slot = slot(penultimate if self._matmul_head is not None else logits_tensor)
+        self._layer_slots = {}
+        for layer_id in self.layer_ids:
+            self._layer_slots[layer_id] = slot(tensor_of(layer_id, "layer id"))
+        for index in sorted(set(self._layer_slots.values())):
+            try:
+                self._slot_sites[index] = self._site(graph, tensors[index], "it")
+            except ValueError as error:  # a tap is fine; only a gradient with respect to it needs the site
+                self._slot_sites[index] = str(error)
+        edited: dict[_Site, LayerId] = {}
+        for layer_id, edit in self.edits.items():
+            site = self._site(graph, tensor_of(layer_id, "edit layer id"), f"The edited layer {layer_id!r}")
+            if site in edited:
+                raise ValueError(
+                    f"The edits of {edited[site]!r} and {layer_id!r} replace the same tensor; give one edit "
+                    "per tensor (compose the two functions into one)."
+                )
+            edited[site] = layer_id
+            self._edit_sites[site] = _edit_applier(layer_id, edit, self.ops)
+        self._submodel = _TappedModel(graph.input, tensors, name=f"{self.model.name}_oodscope")
+
+    def _site(self, graph: Any, tensor: Any, what: str) -> _Site:
+        """Where the sub-model makes ``tensor``: ``("input", i)`` or ``("op", id(operation), index)``."""
+        for i, known in enumerate(self._inputs):
+            if known is tensor:
+                return ("input", i)
+        history = tensor._keras_history
+        operation = history.operation
+        by_depth = getattr(graph, _NODES_BY_DEPTH, None)
+        if by_depth is not None:
+            calls = sum(node.operation is operation for nodes in by_depth.values() for node in nodes)
+            if calls != 1:
+                name = getattr(operation, "name", type(operation).__name__)
+                raise ValueError(
+                    f"{what} is made by {name!r}, which is called {calls} times in the model, so oodscope "
+                    "cannot tell which call to change for edits or gradients; use a layer called once."
+                )
+        return ("op", id(operation), history.tensor_index)
 
     def _init_graphless(self, head: Any) -> None:
         if self.layer_ids:
             raise ValueError(
                 f"Cannot capture layers {self.layer_ids!r} of {type(self.model).__name__}. "
                 + _SUBCLASSED_HELP
+            )
+        if self.edits:
+            raise ValueError(
+                f"Cannot edit layers {list(self.edits)!r} of {type(self.model).__name__}. " + _SUBCLASSED_HELP
             )
         if _ends_in_probabilities(head):
             raise ValueError(
@@ -338,7 +562,11 @@ class KerasBackend(Backend):
 
     # --- forward passes ----------------------------------------------------------------------------------
 
-    def _forward(self, x: Any) -> tuple[Any, list[Any]]:
+    def _forward(
+        self, x: Any, extra: Mapping[int, Callable[[Any], Any]] | None = None
+    ) -> tuple[Any, list[Any]]:
+        """Logits and the sub-model's outputs; ``extra`` maps output slots to functions applied to those
+        tensors where they are made, after the edits (what gradients with respect to layers add)."""
         if self._submodel is None:
             logits = self.model(x, training=False)
             if not keras.ops.is_tensor(logits):
@@ -347,7 +575,11 @@ class KerasBackend(Backend):
                     "classifier with a single output."
                 )
             return logits, []
-        outputs = self._submodel(x, training=False)
+        modifiers = self._modifiers(extra or {})
+        if modifiers:
+            outputs = self._submodel(x, training=False, modifiers=modifiers)
+        else:
+            outputs = self._submodel(x, training=False)
         if len(self._submodel.outputs) == 1:
             outputs = [outputs]
         logits = outputs[self._logits_slot]
@@ -360,46 +592,41 @@ class KerasBackend(Backend):
                 logits = keras.ops.add(logits, keras.ops.cast(bias, logits.dtype))
         return logits, list(outputs)
 
-    def _logits(self, x: Any) -> Any:
-        return self._forward(x)[0]
+    def _modifiers(self, extra: Mapping[int, Callable[[Any], Any]]) -> dict[_Site, Callable[[Any], Any]]:
+        modifiers = dict(self._edit_sites)
+        for slot, modify in extra.items():
+            site = self._slot_sites[slot]
+            edit = modifiers.get(site)
+            modifiers[site] = modify if edit is None else _chain(edit, modify)
+        return modifiers
 
-    def _input_gradient(self, x: Any, temperature: Any) -> Any:
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = self._logits(x)
-            labels = keras.ops.argmax(logits, axis=-1)
-            loss = keras.ops.sum(
-                keras.losses.sparse_categorical_crossentropy(
-                    labels, logits / keras.ops.cast(temperature, logits.dtype), from_logits=True
-                )
-            )
-        return tape.gradient(loss, x)
-
-    def _call(self, name: str, x: Any, *args: Any) -> Any:
-        """Call ``self._<name>`` compiled with ``tf.function`` (once per backend; eagerly on other backends).
+    def _compiled_call(self, key: Any, function: Callable[[Any], Any], x: Any) -> Any:
+        """``function(x)``, compiled with ``tf.function`` on TensorFlow (once per ``key``), else eager.
 
         A single-input model gets a signature with a free batch size, so it is traced once. Inputs that do
         not fit it (e.g. a missing channel axis, which Keras adds) use a second function that may retrace.
         """
-        function = getattr(self, f"_{name}")
         if not self._tensorflow:
-            return function(x, *args)
+            return function(x)
         import tensorflow as tf
 
         if self._spec is _UNSET:
             self._spec = self._input_spec()
         spec = self._spec
         fits = spec is not None and keras.ops.is_tensor(x) and spec.is_compatible_with(x)
-        key = (name, fits)
-        if key not in self._compiled:
+        full_key = (key, fits)
+        compiled = self._compiled.get(full_key)
+        if compiled is None:
+            if key != "forward":  # gradient functions: keep the most recent few
+                gradient_keys = [known for known in self._compiled if known[0] != "forward"]
+                for stale in gradient_keys[: max(0, len(gradient_keys) - _MAX_GRADIENT_FUNCTIONS + 1)]:
+                    del self._compiled[stale]
             if fits:
-                scalars = [tf.TensorSpec((), tf.float32)] * len(args)
-                self._compiled[key] = tf.function(function, input_signature=[spec, *scalars])
+                compiled = tf.function(function, input_signature=[spec])
             else:
-                self._compiled[key] = tf.function(function, reduce_retracing=True)
-        return self._compiled[key](x, *args)
+                compiled = tf.function(function, reduce_retracing=True)
+            self._compiled[full_key] = compiled
+        return compiled(x)
 
     def _input_spec(self) -> Any:
         if self._inputs is None or len(self._inputs) != 1:
@@ -421,6 +648,114 @@ class KerasBackend(Backend):
             return keras.ops.convert_to_tensor(x, dtype=inputs[0].dtype)
         return keras.tree.map_structure(keras.ops.convert_to_tensor, x)
 
+    def _no_grad(self) -> Any:
+        if self._torch:
+            import torch
+
+            return torch.no_grad()
+        return contextlib.nullcontext()
+
+    # --- gradients, per Keras backend ---------------------------------------------------------------------
+
+    def _loss_value(self, loss: LossFn, logits: Any) -> Any:
+        if keras.backend.standardize_dtype(logits.dtype) in ("float16", "bfloat16"):
+            logits = keras.ops.cast(logits, "float32")  # the loss in float32, as the outputs come back
+        value = loss(logits, self.ops)
+        shape = getattr(value, "shape", None)
+        if shape is None or len(shape) != 0:
+            raise ValueError(
+                f"The loss {loss!r} returned {type(value).__name__} of shape {shape}; gradients need a "
+                "scalar tensor (sum over the batch, e.g. ops.total(...))."
+            )
+        return value
+
+    def _tensorflow_gradients(self, x: Any, loss: LossFn, want_input: bool, slots: tuple[int, ...]) -> Any:
+        import tensorflow as tf
+
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            if want_input:
+                tape.watch(x)
+            deltas: dict[int, Any] = {}
+
+            def delta_for(slot: int) -> Callable[[Any], Any]:
+                def add(tensor: Any) -> Any:
+                    _check_float_target(tensor, slot, self._layer_slots)
+                    delta = deltas[slot] = tf.zeros_like(tensor)
+                    tape.watch(delta)
+                    return tensor + delta
+
+                return add
+
+            logits, outputs = self._forward(x, {slot: delta_for(slot) for slot in slots})
+            value = self._loss_value(loss, logits)
+        sources = [keras.tree.flatten(x) if want_input else [], [deltas[slot] for slot in slots]]
+        grads = tape.gradient(value, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return logits, outputs, grads[0], grads[1]
+
+    def _torch_gradients(self, x: Any, loss: LossFn, want_input: bool, slots: tuple[int, ...]) -> Any:
+        import torch
+
+        with torch.enable_grad():  # Keras on PyTorch records the forward unless told not to; make sure
+            if want_input:
+                x = keras.tree.map_structure(lambda leaf: leaf.detach().clone().requires_grad_(True), x)
+            deltas: dict[int, Any] = {}
+
+            def delta_for(slot: int) -> Callable[[Any], Any]:
+                def add(tensor: Any) -> Any:
+                    _check_float_target(tensor, slot, self._layer_slots)
+                    delta = deltas[slot] = torch.zeros_like(tensor, requires_grad=True)
+                    return tensor + delta
+
+                return add
+
+            logits, outputs = self._forward(x, {slot: delta_for(slot) for slot in slots})
+            value = self._loss_value(loss, logits)
+            sources = [*(keras.tree.flatten(x) if want_input else []), *(deltas[slot] for slot in slots)]
+            if value.requires_grad:
+                grads = list(torch.autograd.grad(value, sources, allow_unused=True))
+            else:  # no target reaches the loss
+                grads = [None] * len(sources)
+        grads = [
+            torch.zeros_like(source) if grad is None else grad
+            for source, grad in zip(sources, grads, strict=True)
+        ]
+        outputs = [output.detach() for output in outputs]
+        split = len(sources) - len(slots)
+        return logits.detach(), outputs, grads[:split], grads[split:]
+
+    def _jax_gradients(self, x: Any, loss: LossFn, want_input: bool, slots: tuple[int, ...]) -> Any:
+        import jax
+
+        zeros = tuple(keras.ops.zeros(shape, dtype) for shape, dtype in self._target_shapes(x, slots))
+
+        def function(inputs: Any, deltas: tuple[Any, ...]) -> Any:
+            def add(delta: Any) -> Callable[[Any], Any]:
+                return lambda tensor: tensor + keras.ops.cast(delta, tensor.dtype)
+
+            logits, outputs = self._forward(
+                inputs, {slot: add(d) for slot, d in zip(slots, deltas, strict=True)}
+            )
+            return self._loss_value(loss, logits), (logits, outputs)
+
+        argnums = (0, 1) if want_input else (1,)
+        (_, (logits, outputs)), grads = jax.value_and_grad(function, argnums=argnums, has_aux=True)(x, zeros)
+        input_grads = keras.tree.flatten(grads[0]) if want_input else []
+        return logits, outputs, input_grads, list(grads[-1])
+
+    def _target_shapes(self, x: Any, slots: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
+        """Shapes and dtypes of the sub-model outputs at ``slots`` for the batch ``x`` (JAX differentiates
+        with respect to arguments, so the zero tensors added to the layers are made before the forward)."""
+        symbolic = [self._submodel.outputs[slot] for slot in slots]
+        for tensor, slot in zip(symbolic, slots, strict=True):
+            if "float" not in keras.backend.standardize_dtype(tensor.dtype):
+                _check_float_target(tensor, slot, self._layer_slots)
+        batch = keras.tree.flatten(x)[0].shape[0]
+        shapes = [(batch, *tensor.shape[1:]) for tensor in symbolic]
+        if any(size is None for shape in shapes for size in shape):  # sizes known only for this batch
+            outputs = self._forward(x)[1]
+            shapes = [tuple(outputs[slot].shape) for slot in slots]
+        return [(shape, tensor.dtype) for shape, tensor in zip(shapes, symbolic, strict=True)]
+
     # --- the Backend contract ----------------------------------------------------------------------------
 
     def layer_names(self) -> list[str]:
@@ -428,7 +763,7 @@ class KerasBackend(Backend):
         return list(self._names)
 
     def run_batch(self, x: Any) -> tuple[np.ndarray, dict[LayerId, np.ndarray]]:
-        """Forward one batch (numpy or tensor) in inference mode.
+        """Forward one batch (numpy or tensor) in inference mode, with the backend's edits.
 
         Returns
         -------
@@ -438,12 +773,118 @@ class KerasBackend(Backend):
             ``{layer_id: raw activation [B, ...]}`` for every requested id, as given; an id that names the
             same layer as another shares its array.
         """
-        logits, outputs = self._call("forward", self._convert(x))
+        with self._no_grad():
+            logits, outputs = self._compiled_call("forward", self._forward, self._convert(x))
+            return self._results(logits, outputs)
+
+    def _results(self, logits: Any, outputs: list[Any]) -> tuple[np.ndarray, dict[LayerId, np.ndarray]]:
         logits = _to_numpy(logits)
         if self._submodel is None:
             self._check_graphless_output(logits)
         arrays = [_to_numpy(output) for output in outputs]
         return logits, {layer_id: arrays[i] for layer_id, i in self._layer_slots.items()}
+
+    def gradients(
+        self, x: Any, loss: LossFn, wrt: Sequence[LayerId] = (INPUT,)
+    ) -> tuple[np.ndarray, dict[LayerId, np.ndarray], dict[LayerId, np.ndarray]]:
+        """Forward one batch, with the backend's edits, and differentiate ``loss(logits, ops)``.
+
+        Parameters
+        ----------
+        x
+            One batch, as for :meth:`run_batch`.
+        loss
+            A function ``loss(logits, ops) -> scalar`` (e.g. from :mod:`oodscope.losses`) of the [B, C]
+            pre-softmax logits tensor (float32 when the model computes in float16 or bfloat16) and
+            :class:`KerasOps`, summed over the batch.
+        wrt : sequence of targets, default (INPUT,)
+            :data:`~oodscope.backends.INPUT` for the model input as converted (to the dtype of the model's
+            input), and/or ids from this backend's ``layer_ids`` for the raw output of that layer (after its
+            edit, as ``run_batch`` returns it). The input of a subclassed model is its only target.
+
+        Returns
+        -------
+        logits : np.ndarray [B, C]
+        activations : dict
+            As ``run_batch`` returns them.
+        gradients : dict
+            ``{target: gradient}``, each of the target's shape (for a model with several inputs, the input
+            gradient has the structure of ``x``); zeros where the loss does not depend on the target.
+
+        Raises
+        ------
+        ValueError
+            For a target that is neither ``INPUT`` nor one of ``layer_ids``, ``INPUT`` of a model with
+            integer inputs, a layer with an integer output, a layer made by an operation that the model
+            calls several times, or a loss that does not return a scalar.
+        """
+        if not callable(loss):
+            raise TypeError(
+                f"loss must be a function loss(logits, ops) -> scalar; got {type(loss).__name__}."
+            )
+        if isinstance(wrt, str) or _is_integer(wrt):
+            raise TypeError(f"wrt must be a sequence of targets, e.g. [{wrt!r}]; got {wrt!r}.")
+        want_input, slots = False, []
+        for target in wrt:
+            if isinstance(target, str) and target == INPUT:
+                want_input = True
+                continue
+            slot = self._target_slot(target)
+            if slot not in slots:
+                slots.append(slot)
+        tensor = self._convert(x)
+        if want_input and not all(_is_float(leaf) for leaf in keras.tree.flatten(tensor)):
+            raise ValueError(
+                "A gradient with respect to the input needs floating-point model inputs; this model takes "
+                f"{[keras.backend.standardize_dtype(leaf.dtype) for leaf in keras.tree.flatten(tensor)]}."
+            )
+        if not want_input and not slots:
+            logits, layers = self.run_batch(x)
+            return logits, layers, {}
+        key = (tuple(slots), want_input)
+        method = getattr(self, f"_{self._backend}_gradients", None)
+        if method is None:
+            raise NotImplementedError(
+                "oodscope takes gradients on the tensorflow, jax and torch backends of Keras; this Keras "
+                f"runs on {keras.backend.backend()!r}."
+            )
+
+        def differentiate(inputs: Any) -> Any:
+            return method(inputs, loss, want_input, tuple(slots))
+
+        try:
+            hash(loss)
+        except TypeError:  # cannot key a compiled function by it: run eagerly
+            logits, outputs, input_grads, slot_grads = differentiate(tensor)
+        else:
+            logits, outputs, input_grads, slot_grads = self._compiled_call(
+                ("gradients", loss, *key), differentiate, tensor
+            )
+        logits, layers = self._results(logits, outputs)
+        grads: dict[LayerId, Any] = {}
+        if want_input:
+            grads[INPUT] = keras.tree.pack_sequence_as(tensor, [_to_numpy(grad) for grad in input_grads])
+        by_slot = {slot: _to_numpy(grad) for slot, grad in zip(slots, slot_grads, strict=True)}
+        for target in wrt:
+            if not (isinstance(target, str) and target == INPUT):
+                grads[target] = by_slot[self._slot_of[_hashable(target)]]
+        return logits, layers, grads
+
+    def _target_slot(self, target: Any) -> int:
+        try:
+            slot = self._slot_of.get(_hashable(target))
+        except TypeError:
+            slot = None
+        if slot is None:
+            known = ", ".join(repr(layer_id) for layer_id in self.layer_ids) or "none"
+            raise ValueError(
+                f"Cannot take a gradient with respect to {target!r}: a target is INPUT "
+                f"({INPUT!r}) or one of the backend's layer_ids ({known})."
+            )
+        site = self._slot_sites[slot]
+        if isinstance(site, str):
+            raise ValueError(site.replace("it is made", f"{target!r} is made", 1))
+        return slot
 
     def _check_graphless_output(self, logits: np.ndarray) -> None:
         if self._checked_output:
@@ -496,29 +937,45 @@ class KerasBackend(Backend):
             return weight, np.zeros(weight.shape[0], dtype=weight.dtype)
         return weight, np.array(_variable_to_numpy(dense.bias))
 
-    def odin_logits(self, x: Any, temperature: float, eps: float) -> np.ndarray:
-        """Logits of the ODIN-perturbed input, raw (not divided by ``temperature``).
 
-        ``x̃ = x − eps · sign(∇ₓ Σ CE(f(x) / T, argmax f(x)))`` with ``f`` the pre-softmax logits
-        (Liang et al., ICLR 2018, https://arxiv.org/abs/1706.02690); returns ``f(x̃)``. ``eps == 0`` returns
-        the plain logits exactly.
-        """
-        if eps == 0:
-            return self.run_batch(x)[0]
-        if not self._tensorflow:
-            raise NotImplementedError(
-                "ODIN needs input gradients, which oodscope computes with tf.GradientTape; this Keras runs "
-                f"on the {keras.backend.backend()!r} backend. Set KERAS_BACKEND=tensorflow, or use ODIN with "
-                "eps=0 (temperature scaling only)."
+def _chain(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda tensor: second(first(tensor))
+
+
+def _edit_applier(layer_id: LayerId, edit: EditFn, ops: Ops) -> Callable[[Any], Any]:
+    """``edit(tensor, ops)``, checked to be a tensor of the same shape, cast back to the tensor's dtype."""
+
+    def apply(tensor: Any) -> Any:
+        result = edit(tensor, ops)
+        if not keras.ops.is_tensor(result):
+            raise TypeError(
+                f"The edit of layer {layer_id!r} returned {type(result).__name__}; it must return a tensor "
+                "(use ops.native, i.e. keras.ops, e.g. ops.native.minimum(tensor, 1.0))."
             )
-        tensor = self._convert(x)
-        if not all(_is_float(leaf) for leaf in keras.tree.flatten(tensor)):
-            raise ValueError("ODIN perturbs the input, which needs floating-point model inputs.")
-        gradient = self._call("input_gradient", tensor, keras.ops.convert_to_tensor(temperature, "float32"))
-        perturbed = keras.tree.map_structure(
-            lambda leaf, grad: leaf - keras.ops.cast(eps, leaf.dtype) * keras.ops.sign(grad), tensor, gradient
+        shape, new_shape = tuple(tensor.shape), tuple(result.shape)
+        if len(shape) != len(new_shape) or any(
+            old is not None and new is not None and old != new
+            for old, new in zip(shape, new_shape, strict=False)
+        ):
+            raise ValueError(
+                f"The edit of layer {layer_id!r} changed the shape of its output from {shape} to "
+                f"{new_shape}; an edit must keep the shape."
+            )
+        if keras.backend.standardize_dtype(result.dtype) != keras.backend.standardize_dtype(tensor.dtype):
+            result = keras.ops.cast(result, tensor.dtype)
+        return result
+
+    return apply
+
+
+def _check_float_target(tensor: Any, slot: int, slots: Mapping[LayerId, int]) -> None:
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    if "float" not in dtype:
+        ids = [layer_id for layer_id, known in slots.items() if known == slot]
+        named = repr(ids[0]) if len(ids) == 1 else repr(ids)
+        raise ValueError(
+            f"Cannot take a gradient with respect to layer {named}: its output is {dtype}, not a float."
         )
-        return _to_numpy(self._call("forward", perturbed)[0])
 
 
 class _PublicNode:
