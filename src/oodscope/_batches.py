@@ -12,7 +12,8 @@ Accepted data (labels are optional everywhere):
   only), a tuple or list ``(inputs, labels, ...)`` (further elements are ignored), or a dict as above.
 
 Inputs are handed to the backend as they come (no copy); labels become 1-D numpy arrays (one-hot labels are
-turned into class indices).
+turned into class indices). Framework data types are recognised, counted and iterated by the registry in
+:mod:`oodscope.backends.data`; this module names no framework.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
+from .backends.data import data_kind, to_numpy
 
 INPUT_KEYS = ("image", "images", "input", "inputs", "x")
 LABEL_KEYS = ("label", "labels", "y")
@@ -35,17 +38,6 @@ def is_array_like(obj: Any) -> bool:
         and hasattr(obj, "__getitem__")
         and not isinstance(obj, type)
     )
-
-
-def to_numpy(values: Any) -> np.ndarray:
-    """A numpy view or copy of a numpy array, torch tensor or TensorFlow tensor."""
-    if isinstance(values, np.ndarray):
-        return values
-    if hasattr(values, "detach"):  # torch
-        return values.detach().cpu().numpy()
-    if hasattr(values, "numpy"):  # TensorFlow eager tensor
-        return values.numpy()
-    return np.asarray(values)
 
 
 def as_labels(values: Any) -> np.ndarray:
@@ -112,19 +104,6 @@ def _is_pair(data: Any) -> bool:
     return isinstance(data, tuple) and len(data) == 2 and all(is_array_like(part) for part in data)
 
 
-def _is_tf_dataset(data: Any) -> bool:
-    return type(data).__module__.startswith("tensorflow") and hasattr(data, "as_numpy_iterator")
-
-
-def _is_torch_map_dataset(data: Any) -> bool:
-    mro = type(data).__mro__
-    return (
-        any((klass.__module__ or "").startswith("torch.utils.data.dataset") for klass in mro)
-        and not any(klass.__name__ == "IterableDataset" for klass in mro)
-        and hasattr(data, "__len__")
-    )
-
-
 def _slices(inputs: Any, labels: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
     n = len(inputs)
     for start in range(0, n, batch_size):
@@ -141,9 +120,8 @@ def count_rows(data: Any) -> int | None:
     if isinstance(data, Mapping):
         first = next(iter(data.values()), None)
         return None if first is None else len(first)
-    if _is_torch_map_dataset(data):
-        return len(data)
-    return None
+    kind = data_kind(data)
+    return None if kind is None else kind.rows(data)
 
 
 def count_batches(data: Any, batch_size: int) -> int | None:
@@ -177,13 +155,8 @@ def iter_batches(
     elif isinstance(data, Mapping):
         inputs, labels = _split_dict(data, input_key, label_key)
         stream = _slices(inputs, labels, batch_size)
-    elif _is_tf_dataset(data):
-        stream = (split_batch(batch, input_key, label_key) for batch in data.as_numpy_iterator())
-    elif _is_torch_map_dataset(data):
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-        stream = (split_batch(batch, input_key, label_key) for batch in loader)
+    elif (kind := data_kind(data)) is not None:
+        stream = (split_batch(batch, input_key, label_key) for batch in kind.batches(data, batch_size))
     elif isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
         raise TypeError(
             f"Cannot iterate data of type {type(data).__name__}. Pass an array or tensor of inputs, a tuple "
@@ -205,8 +178,8 @@ def note_failed_batch(error: BaseException, number: int, inputs: Any, data: Any)
 
     The model's own message says what went wrong inside it, but not which batch it was given, nor how
     oodscope cut the data into batches; the note says both, with a hint for common mistakes (integer images,
-    a list of samples, an unbatched ``tf.data.Dataset``). Python 3.10 has no exception notes, so there the
-    error is left as it is.
+    a list of samples) and the hint of the data's kind in :mod:`oodscope.backends.data` (e.g. for an
+    unbatched ``tf.data.Dataset``). Python 3.10 has no exception notes, so there the error is left as it is.
     """
     if not hasattr(error, "add_note"):
         return
@@ -218,11 +191,9 @@ def note_failed_batch(error: BaseException, number: int, inputs: Any, data: Any)
             "Integer inputs reach the model as they are (token ids must stay integers). If these are images "
             "for a model trained on floats, convert them as in training, e.g. x.astype('float32') / 255."
         )
-    if _is_tf_dataset(data):
-        lines.append(
-            "A tf.data.Dataset is read batch by batch as it yields; if it yields single samples, batch it "
-            "first: dataset.batch(128)."
-        )
+    kind = data_kind(data)
+    if kind is not None and kind.failure_hint:
+        lines.append(kind.failure_hint)
     if isinstance(data, (list, tuple)) and not _is_pair(data):
         lines.append(
             f"A {type(data).__name__} is read as a sequence of batches (each an array, or (inputs, labels)), "
