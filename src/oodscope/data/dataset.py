@@ -18,8 +18,8 @@ from .._batches import (
     is_array_like,
     iter_batches,
     pick_keys,
-    to_numpy,
 )
+from ..backends.data import TF_DATASET, data_kind, tensor_kind, to_numpy
 from ._images import RESIZE_METHODS, convert_channels, resize_images
 from ._pipelines import tf_pipeline, torch_pipeline
 from .sources import load_named
@@ -61,11 +61,12 @@ def _labels_int64(values: Any) -> np.ndarray:
 
 
 def _inputs_numpy(values: Any) -> np.ndarray:
-    """numpy inputs, channels-last: 4-D torch tensors are taken as [N, C, H, W] and transposed, unless they
-    are plainly channels-last already (last axis of 1, 3 or 4 and second axis not)."""
-    from_torch = hasattr(values, "detach")
+    """numpy inputs, channels-last: 4-D tensors of a channels-first framework (torch) are taken as
+    [N, C, H, W] and transposed, unless they are plainly channels-last already (last axis of 1, 3 or 4 and
+    second axis not)."""
+    kind = tensor_kind(values)
     array = to_numpy(values)
-    if from_torch and array.ndim == 4:
+    if kind is not None and kind.channels_first and array.ndim == 4:
         channels_last = array.shape[3] in (1, 3, 4) and array.shape[1] not in (1, 3, 4)
         if not channels_last:
             array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))
@@ -128,7 +129,7 @@ def _read_object(data: Any, input_key: str | None, label_key: str | None) -> tup
     if isinstance(data, Mapping):
         inputs, labels = _split_dict(data, input_key, label_key)
         return _inputs_numpy(inputs), labels
-    if type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec"):
+    if data_kind(data) is TF_DATASET:
         return _read_tf_dataset(data, input_key, label_key)
     if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__") and not hasattr(data, "__getitem__"):
         raise TypeError(
