@@ -11,8 +11,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from oodscope.backends import HeadNotLinearError, LayerNotFoundError, get_backend  # noqa: E402
+from oodscope.backends import INPUT, HeadNotLinearError, LayerNotFoundError, get_backend  # noqa: E402
 from oodscope.backends.torch import TorchBackend  # noqa: E402
+from oodscope.losses import MaxLogit, PredictedClassCE  # noqa: E402
 
 HOOK_DICTS = (
     "_forward_hooks",
@@ -353,10 +354,11 @@ def test_pass_restores_mixed_training_flags_and_leaves_the_model_untouched():
         assert not any(module.training for module in model.modules())
         assert len(model.bn._forward_hooks) == 1 and len(model.fc._forward_pre_hooks) == 1
         logits, layers = backend.run_batch(x)
-        odin = backend.odin_logits(x, temperature=10.0, eps=0.01)
+        odin = perturbed_logits(backend, x, temperature=10.0, eps=0.01)
+        edited = TorchBackend(model, edits={"bn": lambda t, ops: t * 0}).run_batch(x)[0]
     assert_same_model_state(before, model)  # running stats untouched: BN ran in eval mode
     np.testing.assert_array_equal(logits, eval_logits)
-    assert odin.shape == logits.shape
+    assert odin.shape == edited.shape == logits.shape
     with torch.no_grad():
         torch.manual_seed(5)
         after_out = model(torch.from_numpy(x))
@@ -374,7 +376,7 @@ def test_exception_in_the_users_forward_removes_hooks_and_restores_flags():
     with pytest.raises(RuntimeError, match="boom"):
         backend.run_batch(images(2))  # outside a with block: set up and undone around the call
     with pytest.raises(RuntimeError, match="boom"), backend:
-        backend.odin_logits(images(2), temperature=1.0, eps=0.1)
+        backend.gradients(images(2), PredictedClassCE(), (INPUT, "bn"))
     model.block[2].armed = False
     with pytest.raises(RuntimeError), backend:
         backend.run_batch(np.ones((2, 3, 28, 28), np.float32))  # wrong number of channels
@@ -438,12 +440,21 @@ def odin_by_hand(model: nn.Module, x: np.ndarray, temperature: float, eps: float
     return out.numpy()
 
 
-def test_odin_with_zero_eps_is_exactly_the_plain_logits():
+def perturbed_logits(backend, x, temperature, eps):
+    """ODIN's logits from the backend's primitives, as the planner computes them."""
+    _, _, gradients = backend.gradients(x, PredictedClassCE(temperature), (INPUT,))
+    x = x.numpy() if isinstance(x, torch.Tensor) else x
+    return backend.run_batch(x - eps * np.sign(gradients[INPUT]))[0]
+
+
+def test_a_gradient_pass_gives_the_plain_logits_and_layers():
     model, x = toy_convnet(), images()
-    with TorchBackend(model) as backend:
-        plain, _ = backend.run_batch(x)
-        odin = backend.odin_logits(x, temperature=1000.0, eps=0.0)
-    np.testing.assert_array_equal(odin, plain)
+    with TorchBackend(model, ["penultimate", 4]) as backend:
+        plain, plain_layers = backend.run_batch(x)
+        logits, layers, _ = backend.gradients(x, PredictedClassCE(1000.0), (INPUT,))
+    np.testing.assert_array_equal(logits, plain)
+    for key in ("penultimate", 4):
+        np.testing.assert_array_equal(layers[key], plain_layers[key])
 
 
 def test_odin_matches_a_manual_computation_and_leaves_gradients_alone():
@@ -453,7 +464,7 @@ def test_odin_matches_a_manual_computation_and_leaves_gradients_alone():
     temperature, eps = 1000.0, 0.01
     with TorchBackend(model) as backend:
         plain, _ = backend.run_batch(x)
-        odin = backend.odin_logits(x, temperature=temperature, eps=eps)
+        odin = perturbed_logits(backend, x, temperature=temperature, eps=eps)
     expected = odin_by_hand(model, x, temperature, eps)
     np.testing.assert_allclose(odin, expected, rtol=1e-6, atol=1e-6)
     assert np.abs(odin - plain).max() > 1e-3  # the perturbation did something
@@ -463,7 +474,7 @@ def test_odin_matches_a_manual_computation_and_leaves_gradients_alone():
 def test_odin_on_softmax_model_perturbs_along_pre_softmax_logits():
     model, x = SoftmaxNet(), images(4)
     temperature, eps = 2.0, 0.05
-    odin = TorchBackend(model, head_layer_id="fc").odin_logits(x, temperature, eps)
+    odin = perturbed_logits(TorchBackend(model, head_layer_id="fc"), x, temperature, eps)
 
     def logits_of(net, inputs):
         return net.fc(net.dropout(net.features(inputs)))
@@ -480,7 +491,51 @@ def test_odin_on_softmax_model_perturbs_along_pre_softmax_logits():
 def test_odin_on_integer_inputs_is_refused():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 3))
     with pytest.raises(TypeError, match="floating-point input"):
-        TorchBackend(model).odin_logits(np.array([[1, 2]]), temperature=1.0, eps=0.1)
+        TorchBackend(model).gradients(np.array([[1, 2]]), PredictedClassCE(), (INPUT,))
+    # with respect to a layer's output, integer inputs are fine
+    _, _, gradients = TorchBackend(model, ["1"]).gradients(np.array([[1, 2]]), MaxLogit(), ("1",))
+    weight = model[2].weight.detach().numpy()
+    logits = TorchBackend(model).run_batch(np.array([[1, 2]]))[0]
+    np.testing.assert_allclose(gradients["1"], weight[logits.argmax(1)], rtol=1e-6)
+
+
+def test_layer_gradients_equal_the_head_row_of_the_predicted_class():
+    # d(sum of max logits) / d(penultimate) is the head's weight row of each sample's top class; the gradient
+    # with respect to a layer before an in-place ReLU is that row where the unit is active
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    with TorchBackend(model, ["penultimate", "0"]) as backend:
+        logits, layers, grads = backend.gradients(x, MaxLogit(), (INPUT, "penultimate", "0"))
+    rows = model[2].weight.detach().numpy()[logits.argmax(1)]
+    np.testing.assert_allclose(grads["penultimate"], rows, rtol=1e-6)
+    np.testing.assert_allclose(grads["0"], rows * (layers["0"] > 0), rtol=1e-6)
+    np.testing.assert_allclose(
+        grads[INPUT], (rows * (layers["0"] > 0)) @ model[0].weight.detach().numpy(), rtol=1e-5
+    )
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_edits_change_the_rest_of_the_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    weight, bias = (p.detach().numpy() for p in (model[2].weight, model[2].bias))
+    plain, layers = TorchBackend(model, ["penultimate"]).run_batch(x)
+    clip = {"penultimate": lambda t, ops: ops.native.clamp(t, max=0.2)}
+    logits, edited = TorchBackend(model, ["penultimate"], edits=clip).run_batch(x)
+    clipped = np.minimum(layers["penultimate"], 0.2)
+    np.testing.assert_allclose(edited["penultimate"], clipped)  # a tap of the edited layer sees the edit
+    np.testing.assert_allclose(logits, clipped @ weight.T + bias, rtol=1e-5)
+    zeroed, _ = TorchBackend(model, edits={"1": lambda t, ops: t * 0}).run_batch(x)
+    np.testing.assert_allclose(zeroed, np.broadcast_to(bias, zeroed.shape), rtol=1e-6)
+    # a gradient through an edit: clipped units pass no gradient
+    _, _, grads = TorchBackend(model, ["0"], edits=clip).gradients(x, MaxLogit(), ("0",))
+    rows = weight[logits.argmax(1)] * ((layers["penultimate"] > 0) & (layers["penultimate"] < 0.2))
+    np.testing.assert_allclose(grads["0"], rows, rtol=1e-6)
+    with pytest.raises(ValueError, match="must return a tensor of shape"):
+        TorchBackend(model, edits={"1": lambda t, ops: t[:, :2]}).run_batch(x)
+    assert TorchBackend.provides == {"edits", "gradients"}
 
 
 # --- inputs and dtypes --------------------------------------------------------------------------------------
@@ -510,7 +565,7 @@ def test_float64_model_gets_float64_inputs_and_returns_float64():
         expected = eval_copy(model)(torch.from_numpy(x).double()).numpy()
     assert logits.dtype == np.float64 and layers["penultimate"].dtype == np.float64
     np.testing.assert_array_equal(logits, expected)
-    odin = TorchBackend(model).odin_logits(torch.from_numpy(x), temperature=1.0, eps=0.001)
+    odin = perturbed_logits(TorchBackend(model), torch.from_numpy(x), temperature=1.0, eps=0.001)
     np.testing.assert_allclose(odin, odin_by_hand(model, x.astype(np.float64), 1.0, 0.001), rtol=1e-12)
 
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from . import PENULTIMATE, Backend, HeadNotLinearError, LayerId, layer_not_found
+from . import INPUT, PENULTIMATE, Backend, EditFn, HeadNotLinearError, LayerId, LossFn, Ops, layer_not_found
 
-__all__ = ["TorchBackend"]
+__all__ = ["TorchBackend", "TorchOps"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,36 @@ class _Tap(NamedTuple):
         if capital:
             what = what[0].upper() + what[1:]
         return f"{what} {self.name!r} ({type(self.module).__name__})"
+
+
+class TorchOps(Ops):
+    """:class:`~oodscope.backends.Ops` on torch tensors (row-wise along the last axis)."""
+
+    native = torch
+
+    def log_softmax(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(z, dim=-1)
+
+    def logsumexp(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(z, dim=-1)
+
+    def max(self, z: torch.Tensor) -> torch.Tensor:
+        return z.max(dim=-1).values
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return z.mean(dim=-1)
+
+    def argmax(self, z: torch.Tensor) -> torch.Tensor:
+        return z.argmax(dim=-1)
+
+    def pick(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return z.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+    def total(self, t: torch.Tensor) -> torch.Tensor:
+        return t.sum()
+
+    def stop_gradient(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach()
 
 
 class TorchBackend(Backend):
@@ -96,7 +125,13 @@ class TorchBackend(Backend):
     cannot change them, and returned as numpy arrays (float16 and bfloat16 as float32). Feature maps keep
     torch's ``[B, C, H, W]`` layout.
 
-    Calling :meth:`run_batch` or :meth:`odin_logits` outside a ``with`` block sets up and undoes the hooks
+    **Edits and gradients.** An edit replaces the module's output (for ``"penultimate"``: the head's input)
+    by ``edit(tensor, ops)`` inside the forward hook, so the rest of ``forward`` sees the edited tensor.
+    :meth:`gradients` differentiates a loss with ``torch.autograd.grad`` on a copy of the input; the gradient
+    with respect to a layer's output is taken through a zero tensor added to that output in its hook (so an
+    in-place operation later in ``forward`` cannot invalidate it). No parameter gets a ``.grad``.
+
+    Calling :meth:`run_batch` or :meth:`gradients` outside a ``with`` block sets up and undoes the hooks
     around that one call.
 
     Examples
@@ -115,8 +150,16 @@ class TorchBackend(Backend):
 
     framework: ClassVar[str] = "torch"
     channels_last: ClassVar[bool] = False
+    provides: ClassVar[frozenset[str]] = frozenset({"edits", "gradients"})
+    ops: ClassVar[Ops] = TorchOps()
 
-    def __init__(self, model: Any, layer_ids: Sequence[LayerId] = (), head_layer_id: LayerId = -1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        layer_ids: Sequence[LayerId] = (),
+        head_layer_id: LayerId = -1,
+        edits: Mapping[LayerId, EditFn] | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"TorchBackend needs a torch.nn.Module; got {type(model).__name__}.")
         if isinstance(layer_ids, str) or _is_integer(layer_ids):
@@ -153,19 +196,12 @@ class TorchBackend(Backend):
                 stacklevel=2,
             )
 
-        self._layer_slots: dict[LayerId, int] = {}
-        for layer_id in layer_ids:
-            if isinstance(layer_id, str) and layer_id == PENULTIMATE:
-                if self._linear is None:
-                    raise ValueError(
-                        f"'{PENULTIMATE}' is the input of the linear head, but the softmax head "
-                        f"{head_name!r} is the first leaf module, so no layer precedes it. Pass "
-                        "head_layer_id naming the final linear layer."
-                    )
-                self._layer_slots[layer_id] = self._tap(self._linear[1], self._linear[0], "input")
-            else:
-                name, module = self._resolve(layer_id, role="layer id")
-                self._layer_slots[layer_id] = self._tap(module, name, "output")
+        self._layer_slots = {layer_id: self._layer_slot(layer_id) for layer_id in layer_ids}
+        self._edits: dict[int, EditFn] = {}
+        for layer_id, edit in (edits or {}).items():
+            if not callable(edit):
+                raise TypeError(f"The edit of layer {layer_id!r} must be a function (tensor, ops) -> tensor.")
+            self._edits[self._layer_slot(layer_id)] = edit
         log.debug("TorchBackend: logits from %s", self._taps[self._logits_slot].describe())
 
         # state of one pass, set by __enter__ and cleared by __exit__
@@ -173,6 +209,7 @@ class TorchBackend(Backend):
         self._handles: list[Any] = []
         self._modes: list[tuple[nn.Module, bool]] = []
         self._captured: dict[int, list[Any]] = {}
+        self._deltas: dict[int, torch.Tensor | None] = {}  # slot -> zero tensor added for a layer gradient
         self._device = torch.device("cpu")
         self._dtype = torch.float32
 
@@ -223,6 +260,18 @@ class TorchBackend(Backend):
             )
         return self._leaves[index]
 
+    def _layer_slot(self, layer_id: LayerId) -> int:
+        if isinstance(layer_id, str) and layer_id == PENULTIMATE:
+            if self._linear is None:
+                raise ValueError(
+                    f"'{PENULTIMATE}' is the input of the linear head, but the softmax head "
+                    f"{self._head_name!r} is the first leaf module, so no layer precedes it. Pass "
+                    "head_layer_id naming the final linear layer."
+                )
+            return self._tap(self._linear[1], self._linear[0], "input")
+        name, module = self._resolve(layer_id, role="layer id")
+        return self._tap(module, name, "output")
+
     def _tap(self, module: nn.Module, name: str, kind: str) -> int:
         for slot, tap in enumerate(self._taps):
             if tap.module is module and tap.kind == kind:
@@ -263,34 +312,66 @@ class TorchBackend(Backend):
                 module.training = training
             self._modes = []
             self._captured = {}
+            self._deltas = {}
             self._active = False
 
-    def _output_hook(self, slot: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self._record(slot, output)
+    def _output_hook(self, slot: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            return self._visit(slot, output)
 
         return hook
 
-    def _input_hook(self, slot: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _input_hook(self, slot: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> Any:
             if args:
-                self._record(slot, args[0])
-            else:
-                self._record(slot, next(iter(kwargs.values())) if len(kwargs) == 1 else None)
+                new = self._visit(slot, args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            if len(kwargs) != 1:
+                self._visit(slot, None)
+                return None
+            ((key, value),) = kwargs.items()
+            new = self._visit(slot, value)
+            return None if new is None else (args, {key: new})
 
         return hook
 
-    def _record(self, slot: int, value: Any) -> None:
+    def _visit(self, slot: int, value: Any) -> Any:
+        """Edit, shift (for a layer gradient) and record one tap's tensor; returns the tensor that replaces
+        the module's output (or input), or None to leave it as it is."""
         values = self._captured.get(slot)
         if values is None:  # a tap this call does not need
-            return
+            return None
+        replaced = None
+        if slot in self._edits or slot in self._deltas:
+            value = replaced = self._edited(slot, value)
         if isinstance(value, torch.Tensor):
             # copy now: an in-place op later in forward (ReLU(inplace=True)) would otherwise change it
             value = value.clone()
         values.append(value)
+        return replaced
+
+    def _edited(self, slot: int, value: Any) -> torch.Tensor:
+        tensor = self._single(slot, [value])
+        edit = self._edits.get(slot)
+        if edit is not None:
+            tensor = edit(tensor, self.ops)
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != value.shape:
+                raise ValueError(
+                    f"The edit of {self._taps[slot].describe()} must return a tensor of shape "
+                    f"{tuple(value.shape)}; it returned {getattr(tensor, 'shape', type(tensor).__name__)}."
+                )
+        if slot in self._deltas:
+            if self._deltas[slot] is not None:
+                raise ValueError(
+                    f"{self._taps[slot].describe(capital=True)} ran more than once in one forward pass, so "
+                    "the gradient with respect to its output is ambiguous."
+                )
+            delta = self._deltas[slot] = torch.zeros_like(tensor, requires_grad=True)
+            tensor = tensor + delta
+        return tensor
 
     def _forward(self, inputs: torch.Tensor, slots: Sequence[int]) -> dict[int, torch.Tensor]:
-        self._captured = {slot: [] for slot in slots}
+        self._captured = {slot: [] for slot in (*slots, *self._edits, *self._deltas)}
         try:
             self._model(inputs)
             return {slot: self._single(slot, values) for slot, values in self._captured.items()}
@@ -403,45 +484,66 @@ class TorchBackend(Backend):
                 bias = _to_numpy(module.bias.detach().clone())
         return weight, bias
 
-    def odin_logits(self, x: Any, temperature: float, eps: float) -> np.ndarray:
-        """Logits of the ODIN-perturbed input (Liang et al., ICLR 2018), as numpy [B, C].
+    def gradients(
+        self, x: Any, loss: LossFn, wrt: Sequence[LayerId] = (INPUT,)
+    ) -> tuple[np.ndarray, dict[LayerId, np.ndarray], dict[LayerId, np.ndarray]]:
+        """Forward one batch and differentiate ``loss(logits, ops)`` with ``torch.autograd.grad``.
 
-        With ``f`` the logits, ``loss = sum_i CE(f(x_i) / T, argmax f(x_i))`` and
-        ``x~ = x - eps * sign(grad_x loss)``; returns ``f(x~)``, not divided by ``T``. The gradient is taken
-        with ``torch.autograd.grad`` on a copy of the input, so no parameter gets a ``.grad`` and no
-        ``requires_grad`` flag changes. The perturbation is in the model's input space (after any
-        preprocessing). ``eps == 0`` returns exactly the plain logits.
+        See :meth:`oodscope.backends.Backend.gradients`. The input gradient is taken on a copy of the input
+        (``requires_grad`` on the copy only), a layer gradient through a zero tensor added to the layer's
+        output; float16 and bfloat16 logits are cast to float32 before the loss.
         """
         if not self._active:
             with self:
-                return self.odin_logits(x, temperature, eps)
-        if not temperature > 0:
-            raise ValueError(f"The ODIN temperature must be > 0; got {temperature!r}.")
-        inputs = self._inputs(x)
-        slots = [self._logits_slot]
-        if eps == 0:
-            with torch.no_grad():
-                return _to_numpy(self._logits(self._forward(inputs, slots)))
-        if not inputs.is_floating_point():
-            raise TypeError(
-                f"ODIN perturbs the input along its gradient, which needs a floating-point input; got "
-                f"{inputs.dtype} (e.g. token ids)."
-            )
-        leaf = inputs.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self._logits(self._forward(leaf, slots))
-            if not logits.requires_grad:
-                raise RuntimeError(
-                    "The logits do not depend on the input through autograd (does forward() detach or use "
-                    "torch.no_grad()?), so ODIN's input gradient cannot be computed."
+                return self.gradients(x, loss, wrt)
+        targets = list(wrt)
+        slots = {}
+        for target in targets:
+            if isinstance(target, str) and target == INPUT:
+                continue
+            if target not in self._layer_slots:
+                raise ValueError(
+                    f"Gradients can be taken with respect to INPUT or a requested layer "
+                    f"{list(self._layer_slots)}; {target!r} is neither."
                 )
-            if logits.dtype in _HALF_DTYPES:
-                logits = logits.float()
-            loss = F.cross_entropy(logits / temperature, logits.argmax(dim=1), reduction="sum")
-            (grad,) = torch.autograd.grad(loss, leaf)
-        perturbed = leaf.detach() - eps * grad.sign()
-        with torch.no_grad():
-            return _to_numpy(self._logits(self._forward(perturbed, slots)))
+            slots[target] = self._layer_slots[target]
+        inputs = self._inputs(x)
+        if INPUT in targets:
+            if not inputs.is_floating_point():
+                raise TypeError(
+                    f"A gradient with respect to the input needs a floating-point input; got {inputs.dtype} "
+                    "(e.g. token ids). Take it with respect to a layer's output instead."
+                )
+            inputs = inputs.detach().clone().requires_grad_(True)
+        self._deltas = dict.fromkeys(slots.values())
+        try:
+            with torch.enable_grad():
+                captured = self._forward(inputs, range(len(self._taps)))
+                logits = self._logits(captured)
+                if not logits.requires_grad:
+                    raise RuntimeError(
+                        "The logits do not depend on the input through autograd (does forward() detach or "
+                        "use torch.no_grad()?), so no gradient can be taken."
+                    )
+                value = loss(logits.float() if logits.dtype in _HALF_DTYPES else logits, self.ops)
+                if not isinstance(value, torch.Tensor) or value.ndim != 0:
+                    raise ValueError(
+                        f"The loss must return a scalar tensor; got {getattr(value, 'shape', type(value))}."
+                    )
+                sources = [inputs if _is_input(t) else self._deltas[slots[t]] for t in targets]
+                grads = torch.autograd.grad(value, sources, allow_unused=True)
+        finally:
+            self._deltas = {}
+        gradients = {
+            target: _to_numpy(torch.zeros_like(source) if grad is None else grad)
+            for target, source, grad in zip(targets, sources, grads, strict=True)
+        }
+        layers = {layer_id: _to_numpy(captured[slot]) for layer_id, slot in self._layer_slots.items()}
+        return _to_numpy(logits), layers, gradients
+
+
+def _is_input(target: Any) -> bool:
+    return isinstance(target, str) and target == INPUT
 
 
 def _is_integer(value: Any) -> bool:
