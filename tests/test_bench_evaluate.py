@@ -203,7 +203,7 @@ def test_logit_detectors_skip_the_fit_pass(data):
     assert evaluate(model, None, ind, oods["wide"], [Energy()], progress=False).ood_names == ["ood"]
 
 
-def test_input_gradient_detectors_add_their_own_passes(data):
+def test_perturbed_passes_are_shared_by_detectors_with_the_same_perturbation(data):
     fit, ind, oods = data
     oods = {"wide": oods["wide"], "flat": oods["flat"]}
     reference = CountingModel()
@@ -221,6 +221,13 @@ def test_input_gradient_detectors_add_their_own_passes(data):
     for ood in oods:
         np.testing.assert_array_equal(report.ood_scores[name][ood], expected[ood])
 
+    # detectors with the same perturbation share one gradient pass per dataset; another eps adds one
+    model = CountingModel()
+    detectors = {"a": ODIN(eps=0.01), "b": ODIN(eps=0.01), "c": ODIN(eps=0.02), "gen": GEN()}
+    report = evaluate(model, fit, ind, oods, detectors, batch_size=BATCH, progress=False)
+    assert model.calls == (3 + 2 + 2) + 2 * odin_calls
+    np.testing.assert_array_equal(report.id_scores["b"], expected["id"])
+
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # SHE on an untrained toy model: classes never right
 def test_every_detector_scores_as_its_own_model_level_run():
@@ -236,18 +243,16 @@ def test_every_detector_scores_as_its_own_model_level_run():
         model, fit, ind, {"wide": ood}, [cls() for cls in classes], batch_size=BATCH, progress=False
     )
     assert not report.errors and len(report.id_scores) == len(classes)
-    own_passes = 0
     for cls in classes:
         alone = CountingModel()
         detector = cls().fit(alone, fit, batch_size=BATCH, progress=False)
         before = alone.calls
         np.testing.assert_array_equal(report.id_scores[repr(detector)], detector.score(ind).scores)
         np.testing.assert_array_equal(report.ood_scores[repr(detector)]["wide"], detector.score(ood).scores)
-        if "input_gradients" in cls.requires:
-            own_passes += alone.calls
-        else:
-            assert alone.calls - before == 3 + 2
-    assert model.calls == 8 + 3 + 2 + own_passes
+        # a perturbed pass (ODIN) runs two forwards per batch, once per dataset for all such detectors
+        perturbed = detector.needs().perturbation is not None
+        assert alone.calls - before == (3 + 2) * (2 if perturbed else 1)
+    assert model.calls == 8 + 3 + 2 + 2 * (3 + 2)
 
 
 class NeedsLabels(Detector):
@@ -326,20 +331,21 @@ def test_each_datasets_activations_are_released_before_the_next_pass(data, monke
     import gc
     import weakref
 
-    from oodscope.bench import _common
+    from oodscope.plan import Plan
 
     fit, ind, oods = data
-    extract_features, alive = _common.ExtractionPlan.features, []
+    extract_features, alive = Plan.features, []
 
-    def watched(plan, name, given, timings):
+    def watched(plan, given, label, timings, names):
         gc.collect()
         alive.append([key for key, ref in refs if ref() is not None])
-        features = extract_features(plan, name, given, timings)
-        refs.append((name, weakref.ref(features.layers[("penultimate", 0)])))
-        return features
+        views = extract_features(plan, given, label, timings, names)
+        layers = next(view.layers["penultimate"] for view in views.values() if view.layers)
+        refs.append((label, weakref.ref(layers)))
+        return views
 
     refs: list = []
-    monkeypatch.setattr(_common.ExtractionPlan, "features", watched)
+    monkeypatch.setattr(Plan, "features", watched)
     evaluate(CountingModel(), fit, ind, oods, [ReAct(), KNN(k=3)], batch_size=BATCH, progress=False)
     assert [name for name, _ in refs] == ["fit", "id", "ood:shifted", "ood:wide", "ood:flat"]
     assert alive == [[]] * 5, "no earlier dataset's activations are held when the next pass starts"

@@ -233,7 +233,7 @@ def test_score_takes_pass_options_for_one_call(model, data):
     result = detector.score(ood, input_key="pixels", label_key="target", batch_size=7, progress=False)
     np.testing.assert_allclose(result.scores, expected, rtol=1e-6)
     np.testing.assert_array_equal(result.info["labels"], y)
-    assert detector._pass_options["input_key"] is None and detector._pass_options["batch_size"] == 16
+    assert detector._bound.input_key is None and detector._bound.batch_size == 16
 
     detector.calibrate(ood, input_key="pixels")
     np.testing.assert_array_equal(detector.predict(ood, input_key="pixels"), expected > detector.threshold_)

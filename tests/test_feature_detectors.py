@@ -393,7 +393,7 @@ def test_gram_model_level_saves_and_recreates_its_post_processing(tmp_path):
 
     model, fit_x, test_x = torch_setup()
     det = Gram(orders=2, layers=["0", "1"], aggregator=MeanNormalizedAggregator()).fit(model, fit_x)
-    assert det._pass_options["postproc_fns"] is None, "its own post-processing is re-created, not stored"
+    assert det._bound.postproc_fns is None, "its own post-processing is re-created, not stored"
     loaded = load(det.save(tmp_path / "gram.oodscope"), model=model)
     assert isinstance(loaded.aggregator_, MeanNormalizedAggregator)
     np.testing.assert_array_equal(loaded.score(test_x).scores, det.score(test_x).scores)

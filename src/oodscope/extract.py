@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ._batches import count_batches, count_rows, iter_batches, note_failed_batch
-from .backends import Backend, HeadNotLinearError, get_backend
+from ._batches import count_batches, count_rows, iter_batches, note_failed_batch, to_numpy
+from .backends import INPUT, Backend, HeadNotLinearError, get_backend
 from .features import Features
 
-__all__ = ["extract", "global_average_pool"]
+__all__ = ["extract", "global_average_pool", "run_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -177,21 +177,19 @@ def extract(
     model: Any,
     data: Any,
     feature_layers_id: Hashable | Sequence[Hashable] | None = None,
-    head_layer_id: Hashable = -1,
+    head_layer_id: Hashable | None = None,
     postproc_fns: Mapping[Hashable, PostprocFn | None] | Sequence[PostprocFn | None] | None = None,
     *,
-    batch_size: int = 128,
-    input_key: str | None = None,
-    label_key: str | None = None,
     with_head: bool | None = None,
-    progress: bool | None = None,
+    **pass_options: Any,
 ) -> Features:
     """Run ``model`` over ``data`` once and return its :class:`~oodscope.Features`.
 
     Parameters
     ----------
-    model : torch.nn.Module or keras.Model
-        The trained classifier; it is not modified (see the backends for what that guarantees).
+    model : torch.nn.Module or keras.Model or BoundModel
+        The trained classifier; it is not modified (see the backends for what that guarantees). A
+        :class:`~oodscope.BoundModel` brings its pass options along.
     data
         Inputs, optionally with labels: an array or tensor, a tuple ``(inputs, labels)``, a dict of arrays, a
         ``tf.data.Dataset`` of batches, a torch ``Dataset`` or ``DataLoader``, or any iterable of batches
@@ -200,21 +198,18 @@ def extract(
     feature_layers_id : layer id or list of layer ids, optional
         Layers whose activations to keep: names, integer indices (see the backend's documentation for what
         they count) or ``"penultimate"`` (the input of the head layer).
-    head_layer_id : layer id, default -1
-        The classifier's final layer; its pre-softmax output is taken as the logits.
+    head_layer_id : layer id, optional
+        The classifier's final layer (default -1, the last one); its pre-softmax output is the logits.
     postproc_fns : dict or list, optional
         Per layer, a function from the raw activation batch (numpy, in the framework's layout) to a 2-D
         [B, D] array. The default is global average pooling of 3-D and higher maps
         (:func:`global_average_pool`).
-    batch_size : int, default=128
-        Batch size used when ``data`` is an array or a map-style dataset.
-    input_key, label_key : str, optional
-        Keys of the input and the label in dict batches (see :mod:`oodscope._batches` for the defaults).
     with_head : bool, optional
         Include the head's (W, b). ``None`` (default): include them when the head is a linear layer.
         ``True``: require them (raises :class:`~oodscope.backends.HeadNotLinearError` otherwise).
-    progress : bool, optional
-        ``True`` always shows a progress bar, ``False`` never; by default a bar appears after 2 seconds.
+    **pass_options
+        ``batch_size`` (default 128), ``input_key``, ``label_key``, ``progress``: see
+        :class:`~oodscope.BoundModel`.
 
     Returns
     -------
@@ -229,25 +224,61 @@ def extract(
         with the batch number, the batch's shape and dtype, and a hint when the inputs are integers or the
         data was a list or an unbatched ``tf.data.Dataset``.
     """
-    layer_ids = _layer_list(feature_layers_id)
-    postproc = _postproc_map(postproc_fns, layer_ids)
+    from .binding import bind
+
+    bound = bind(
+        model,
+        feature_layers_id=feature_layers_id,
+        head_layer_id=head_layer_id,
+        postproc_fns=postproc_fns,
+        **pass_options,
+    )
+    layer_ids = _layer_list(bound.feature_layers_id)
+    postproc = _postproc_map(bound.postproc_fns, layer_ids)
+    return run_pass(bound, data, layer_ids, postproc, with_head=with_head)
+
+
+def run_pass(
+    bound: Any,
+    data: Any,
+    layer_ids: Sequence[Hashable],
+    postproc: Mapping[Hashable, PostprocFn | None],
+    *,
+    with_head: bool | None = None,
+    perturbation: Any = None,
+    description: str = "extract",
+) -> Features:
+    """One pass of a :class:`~oodscope.BoundModel` over ``data``: the engine behind :func:`extract` and the
+    planner (:mod:`oodscope.plan`).
+
+    ``postproc`` maps layer ids to ``fn(raw_batch) -> [B, D]`` (missing or None: global average pooling).
+    With a :class:`~oodscope.needs.Perturbation`, each batch is first moved against the gradient of its loss
+    (a forward and a backward pass), and the Features are those of the moved inputs (a second forward).
+    """
+    if perturbation is not None:
+        bound.backend.require("gradients", f"an input perturbation ({perturbation})")
     rows = count_rows(data)
     logits, labels = _Columns(rows), _Columns(rows)
     layers = {layer_id: _Columns(rows) for layer_id in layer_ids}
     batches_with_labels = batches = 0
     with model_pass(
-        model,
+        bound.model,
         data,
         layer_ids,
-        head_layer_id,
-        batch_size=batch_size,
-        input_key=input_key,
-        label_key=label_key,
-        progress=progress,
-        description="extract",
+        bound.head_layer_id,
+        batch_size=bound.batch_size,
+        input_key=bound.input_key,
+        label_key=bound.label_key,
+        progress=bound.progress,
+        description=description,
     ) as (runner, stream):
         for inputs, batch_labels in stream:
-            batch_logits, activations = runner.run_batch(inputs)
+            if perturbation is None:
+                batch_logits, activations = runner.run_batch(inputs)
+            else:
+                x = to_numpy(inputs)
+                _, _, gradients = runner.gradients(x, perturbation.loss, (INPUT,))
+                batch_logits, activations = runner.run_batch(perturbation.apply(x, gradients[INPUT]))
             logits.add(batch_logits)
             for layer_id in layer_ids:
                 layers[layer_id].add(_reduce(layer_id, activations[layer_id], postproc.get(layer_id), runner))
@@ -266,6 +297,7 @@ def extract(
         labels=labels.result() if batches_with_labels else None,
         head_weight=None if head is None else head[0],
         head_bias=None if head is None else head[1],
+        perturbation=perturbation,
     )
 
 

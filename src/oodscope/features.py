@@ -38,6 +38,10 @@ class Features:
         ``Dense`` kernel is its transpose).
     head_bias : array of shape [C], optional
         Bias of the final linear layer; zeros when ``head_weight`` is given without it.
+    perturbation : Perturbation, optional
+        Set when the arrays come from a forward pass over perturbed inputs (see
+        :class:`~oodscope.needs.Perturbation`, e.g. ODIN's); None for a plain forward pass. A detector that
+        needs a perturbed pass checks it, so plain Features cannot be scored by mistake.
 
     At least one of ``logits`` and ``layers`` must be given. Arrays are kept as given (no copy) except that
     integer arrays are converted to float; the container never modifies them.
@@ -61,6 +65,7 @@ class Features:
     labels: np.ndarray | None = None
     head_weight: np.ndarray | None = None
     head_bias: np.ndarray | None = None
+    perturbation: Any = None
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # the dataclass is frozen; normalise once, here
@@ -180,6 +185,7 @@ class Features:
             labels=None if self.labels is None else self.labels[indices],
             head_weight=self.head_weight,
             head_bias=self.head_bias,
+            perturbation=self.perturbation,
         )
 
     def __repr__(self) -> str:
@@ -192,6 +198,8 @@ class Features:
             parts.append(f"labels={self.labels.shape}")
         if self.head_weight is not None:
             parts.append(f"head_weight={self.head_weight.shape}")
+        if self.perturbation is not None:
+            parts.append(f"perturbation={self.perturbation!r}")
         return f"Features(n={len(self)}, " + ", ".join(parts) + ")"
 
 

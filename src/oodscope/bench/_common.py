@@ -1,27 +1,21 @@
-"""What ``evaluate`` and ``tune`` share: which layers a detector reads, one pass per dataset, metric names."""
+"""What ``evaluate`` and ``tune`` share: the :class:`Session` of many detectors on one model, metric names."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import time
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..detectors.base import Detector
-from ..extract import _layer_list, extract, global_average_pool
 from ..features import Features
 from ..metrics import bench_metrics
 
 log = logging.getLogger("oodscope.bench")
 
-PENULTIMATE = "penultimate"
-
-#: Hyperparameter names under which a feature detector may be told which layers to read.
-LAYER_PARAMS = ("feature_layers_id", "layer_ids", "layers", "layer_id", "layer")
 
 _HIGHER_IS_BETTER = re.compile(r"^(auroc|aupr_in|aupr_out|detect_acc|tnr[\d.]+tpr(_ood|_id)?)$")
 _LOWER_IS_BETTER = re.compile(r"^fpr[\d.]+tpr(_ood|_id)?$")
@@ -50,36 +44,6 @@ def check_errors(errors: str) -> str:
     if errors not in ("record", "raise"):
         raise ValueError(f"errors must be 'record' or 'raise'; got {errors!r}.")
     return errors
-
-
-def needs_gradients(detector: Detector) -> bool:
-    """Whether the detector needs a model-level pass of its own (input gradients, e.g. ODIN)."""
-    return "input_gradients" in detector.requires
-
-
-def detector_layers(detector: Detector, override: Any = None) -> tuple[Hashable, ...]:
-    """The layer ids whose activations ``detector`` reads, as its own ``fit(model)`` would extract them.
-
-    ``override`` (layer ids given for this detector) wins; then a layer hyperparameter of the detector (one
-    of :data:`LAYER_PARAMS`, when not None); then its ``default_layers``. A detector that needs features
-    but declares no default layer gets the penultimate layer. Logit detectors read no layer.
-    """
-    if override is not None:
-        return tuple(_layer_list(override))
-    params = detector.get_params(deep=False)
-    for name in LAYER_PARAMS:
-        if params.get(name) is not None:
-            return tuple(_layer_list(params[name]))
-    if detector.default_layers:
-        return tuple(detector.default_layers)
-    if "features" in detector.requires:
-        return (PENULTIMATE,)
-    return ()
-
-
-def layer_union(layer_lists: Iterable[Sequence[Hashable]]) -> list[Hashable]:
-    """The layer ids of all lists, each once, in first-seen order."""
-    return list(dict.fromkeys(layer for layers in layer_lists for layer in layers))
 
 
 def unreachable_layers(
@@ -112,206 +76,113 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class PassOptions:
-    """The keyword arguments of :func:`~oodscope.extract` shared by every pass of one run."""
+class Session:
+    """Many detectors on one bound model: the plan of their passes, and what happened to each of them.
+
+    ``evaluate`` and ``tune`` both run their detectors through a session. On construction each detector's
+    hyperparameters are validated, its needs (with the layers given for it in ``layers``) join the
+    :class:`~oodscope.plan.Plan`, and, before any pass, every layer is checked to exist in the model; a
+    detector that fails any of this is recorded (or raised, with ``errors="raise"``) and takes no further
+    part. :meth:`features` then runs the fewest passes over a dataset for the detectors still alive, and
+    :meth:`fit` / :meth:`score` run one detector, recording failures and times.
+    """
 
     def __init__(
         self,
-        head_layer_id: Any,
-        postproc_fns: Mapping[Hashable, Any] | None,
-        batch_size: int,
-        input_key: str | None,
-        label_key: str | None,
-        progress: bool | None,
+        model: Any,
+        detectors: Mapping[str, Detector],
+        layers: Mapping[str, Any] | None = None,
+        errors: str = "record",
+        **pass_options: Any,
     ) -> None:
-        if postproc_fns is not None and not isinstance(postproc_fns, Mapping):
-            raise TypeError("postproc_fns must be a dict {layer_id: function} here, as layers are shared.")
-        self.head_layer_id = head_layer_id
-        self.postproc_fns = dict(postproc_fns or {})
-        self.batch_size = batch_size
-        self.input_key = input_key
-        self.label_key = label_key
-        self.progress = progress
+        from ..binding import bind
+        from ..plan import Plan
 
-    def model_fit(self, detector: Detector, model: Any, fit_data: Any, layers: Sequence[Hashable]) -> None:
-        """``detector.fit(model, fit_data, ...)`` with these options (the detector's own passes)."""
-        kept = {layer: fn for layer, fn in self.postproc_fns.items() if layer in layers}
-        detector.fit(
-            model,
-            fit_data if detector._needs_fit() else None,
-            feature_layers_id=list(layers),
-            head_layer_id=self.head_layer_id,
-            postproc_fns=kept or None,
-            batch_size=self.batch_size,
-            input_key=self.input_key,
-            label_key=self.label_key,
-            progress=self.progress,
-        )
+        self.raise_errors = check_errors(errors) == "raise"
+        self.detectors = dict(detectors)
+        self.failed: set[str] = set()
+        self.errors: list[dict[str, Any]] = []
+        self.timings: dict[str, Any] = {"extract": {}, "fit": {}, "score": {}}
+        self.bound = None if model is None else bind(model, **pass_options)
+        self.plan = Plan(self.bound)
+        layers = dict(layers or {})
+        needs = {}
+        for name, detector in self.detectors.items():
+            try:
+                detector._validate_params()  # a bad hyperparameter fails here, before any pass
+                needs[name] = detector.needs(layers.get(name))
+            except (ValueError, TypeError) as error:
+                self.fail(name, "fit", None, error)
+        if self.bound is not None:
+            wanted = list(dict.fromkeys(layer for need in needs.values() for layer in need.layers))
+            bad = unreachable_layers(self.bound.model, wanted, self.bound.head_layer_id)
+            for name, need in needs.items():
+                missing = [layer for layer in need.layers if layer in bad]
+                if missing:
+                    self.fail(name, "extract", None, bad[missing[0]])
+        for name, need in needs.items():
+            if name not in self.failed:
+                try:
+                    self.plan.add(name, need)
+                except Exception as error:  # e.g. a backend without the gradients a perturbation needs
+                    self.fail(name, "fit", None, error)
 
-
-def detector_postproc(detector: Detector, model: Any, layers: Sequence[Hashable]) -> dict[Hashable, Any]:
-    """The post-processing a detector's own model-level ``fit`` applies to its layers (usually none; see
-    ``Detector._postproc``: :class:`~oodscope.detectors.gram.Gram` turns its layers into Gram statistics)."""
-    return dict(detector._postproc(model, list(layers))) if layers else {}
-
-
-def _fn_key(fn: Any) -> Hashable:
-    """Equal keys for post-processing functions that compute the same thing (None, or equal partials)."""
-    if fn is None:
-        return None
-    if isinstance(fn, functools.partial):
-        try:
-            key = (fn.func, fn.args, tuple(sorted(fn.keywords.items())))
-            hash(key)
-            return key
-        except TypeError:
-            pass
-    return ("id", id(fn))
-
-
-class _Stacked:
-    """Several post-processings of one layer in one pass: their [B, D_i] results side by side.
-
-    :meth:`split` cuts the extracted array back into the parts, each in the precision it was computed in.
-    """
-
-    def __init__(self, layer: Hashable, fns: Sequence[Any], channels_last: bool) -> None:
-        self.layer, self.fns, self.channels_last = layer, list(fns), channels_last
-        self.widths: list[int] = []
-        self.dtypes: list[np.dtype] = []
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        parts = [
-            global_average_pool(values, self.channels_last) if fn is None else np.asarray(fn(values))
-            for fn in self.fns
-        ]
-        for part in parts:
-            if part.ndim != 2 or part.shape[0] != values.shape[0]:
-                raise ValueError(
-                    f"A post-processing of layer {self.layer!r} must return a 2-D array [batch, features]; "
-                    f"it returned shape {part.shape} for a batch of {values.shape[0]}."
-                )
-        self.widths = [part.shape[1] for part in parts]
-        self.dtypes = [part.dtype for part in parts]
-        return np.concatenate(parts, axis=1)
-
-    def split(self, stacked: np.ndarray) -> list[np.ndarray]:
-        edges = np.cumsum(self.widths)[:-1]
+    def live(self, learning: bool = False) -> list[str]:
+        """The detectors that have not failed (only those that learn from data, with ``learning``)."""
         return [
-            np.ascontiguousarray(part, dtype=dtype)
-            for part, dtype in zip(np.split(stacked, edges, axis=1), self.dtypes, strict=True)
+            name
+            for name, detector in self.detectors.items()
+            if name not in self.failed and (detector._needs_fit() or not learning)
         ]
 
+    def require_fit_data(self, fit_data: Any) -> None:
+        """Record every detector that learns from data as failed when there is no fit data."""
+        if fit_data is None:
+            for name in self.live(learning=True):
+                detector = self.detectors[name]
+                who = name if name == repr(detector) else f"{name} ({detector!r})"
+                self.fail(
+                    name, "fit", None, ValueError(f"{who} learns from in-distribution data: give fit_data.")
+                )
 
-class ExtractionPlan:
-    """One shared pass per dataset serving many detectors.
+    def features(self, label: str, data: Any, names: Sequence[str]) -> dict[str, Features]:
+        """The Features of ``data`` for each named detector, from the fewest passes (timed as ``label``)."""
+        return self.plan.features(data, label, self.timings["extract"], names)
 
-    Each detector registers the layers it reads and how its own pass would post-process them; the plan
-    extracts every layer once, with every distinct post-processing of it side by side, and cuts out for each
-    detector exactly the :class:`Features` its own ``fit(model)`` / ``score(data)`` would have seen.
-    """
+    def fail(self, name: str, stage: str, dataset: str | None, error: BaseException) -> None:
+        if self.raise_errors:
+            raise error
+        where = f"{stage}" + (f" on {dataset!r}" if dataset else "")
+        log.warning("%s failed to %s: %s", name, where, describe_error(error))
+        log.debug("Traceback of the failure of %s.", name, exc_info=error)
+        if stage in ("fit", "extract") or dataset == "id":
+            self.failed.add(name)
+        self.errors.append(
+            {"detector": name, "stage": stage, "dataset": dataset, "error": describe_error(error)}
+        )
 
-    def __init__(self, model: Any, options: PassOptions) -> None:
-        self.model = model
-        self.options = options
-        self._fns: dict[Hashable, list[Any]] = {}
-        self._keys: dict[Hashable, list[Hashable]] = {}
-        self._wants: dict[str, dict[Hashable, int]] = {}
-        self._head = False
-        self._done: list[tuple[Any, Features]] = []
-
-    def add(self, name: str, detector: Detector, layers: Sequence[Hashable]) -> None:
-        own = detector_postproc(detector, self.model, layers) if self.model is not None else {}
-        wants = {}
-        for layer in layers:
-            fn = self.options.postproc_fns.get(layer, own.get(layer))  # the user's choice wins, as in fit()
-            keys = self._keys.setdefault(layer, [])
-            if _fn_key(fn) not in keys:
-                keys.append(_fn_key(fn))
-                self._fns.setdefault(layer, []).append(fn)
-            wants[layer] = keys.index(_fn_key(fn))
-        self._wants[name] = wants
-        self._head = self._head or "head" in detector.requires
-
-    @property
-    def layers(self) -> list[Hashable]:
-        return list(self._fns)
-
-    def features(self, name: str, data: Any, timings: dict[str, float]) -> Features:
-        """``data`` itself when it is :class:`Features`; else one pass of the model over it (timed).
-
-        The layers of the result are keyed ``(layer_id, i)``, the i-th post-processing of the layer; see
-        :meth:`view`. The same data object given again (e.g. as fit and ID data) is not run again.
-        """
-        if isinstance(data, Features):
-            timings[name] = 0.0
-            return data
-        for done, features in self._done:
-            if done is data:
-                timings[name] = 0.0
-                return features
-        if self.model is None:
-            raise TypeError(
-                f"The {name!r} data is a {type(data).__name__}, not oodscope.Features, and no model was "
-                "given to run over it: pass model=... or precomputed Features."
-            )
-        from ..backends import get_backend
-
-        channels_last = get_backend(self.model).channels_last
-        postproc: dict[Hashable, Any] = {}
-        for layer, fns in self._fns.items():
-            if len(fns) > 1:
-                postproc[layer] = _Stacked(layer, fns, channels_last)
-            elif fns[0] is not None:
-                postproc[layer] = fns[0]
+    def fit(self, name: str, features: Features) -> bool:
+        """Fit detector ``name`` on ``features``; False (and recorded) when it fails."""
         start = time.perf_counter()
-        features = extract(
-            self.model,
-            data,
-            feature_layers_id=self.layers,
-            head_layer_id=self.options.head_layer_id,
-            postproc_fns=postproc or None,
-            batch_size=self.options.batch_size,
-            input_key=self.options.input_key,
-            label_key=self.options.label_key,
-            with_head=None if self._head else False,
-            progress=self.options.progress,
-        )
-        blocks = {}
-        for layer, values in features.layers.items():
-            stacked = postproc.get(layer)
-            parts = stacked.split(values) if isinstance(stacked, _Stacked) else [values]
-            blocks.update({(layer, i): part for i, part in enumerate(parts)})
-        timings[name] = time.perf_counter() - start
-        log.info("Extracted %r: %d samples in %.2f s.", name, len(features), timings[name])
-        result = Features._unchecked(
-            logits=features.logits,
-            layers=blocks,
-            labels=features.labels,
-            head_weight=features.head_weight,
-            head_bias=features.head_bias,
-        )
-        self._done.append((data, result))
-        return result
+        try:
+            self.detectors[name].fit(features)
+            return True
+        except Exception as error:  # a detector's failure is recorded, not fatal (unless errors="raise")
+            self.fail(name, "fit", None, error)
+            return False
+        finally:
+            self.timings["fit"][name] = time.perf_counter() - start
 
-    def forget(self, data: Any) -> None:
-        """Drop the features kept for ``data`` (see :meth:`features`)."""
-        self._done = [(done, features) for done, features in self._done if done is not data]
-
-    def view(self, features: Features, name: str, given: Any) -> Features:
-        """What detector ``name`` sees of extracted ``features``: its own layers, post-processed its way.
-
-        Features the user gave (``given``) are passed on as they are.
-        """
-        if isinstance(given, Features):
-            return given
-        return Features._unchecked(
-            logits=features.logits,
-            layers={layer: features.layers[(layer, i)] for layer, i in self._wants[name].items()},
-            labels=features.labels,
-            head_weight=features.head_weight,
-            head_bias=features.head_bias,
-        )
+    def score(self, name: str, dataset: str, features: Features) -> np.ndarray | None:
+        """Detector ``name``'s scores of ``features``; None (and recorded) when it fails."""
+        start = time.perf_counter()
+        try:
+            return self.detectors[name].score(features).scores
+        except Exception as error:
+            self.fail(name, "score", dataset, error)
+            return None
+        finally:
+            self.timings["score"][name] = self.timings["score"].get(name, 0.0) + time.perf_counter() - start
 
 
 def as_named(datasets: Any, default_name: str) -> dict[str, Any]:

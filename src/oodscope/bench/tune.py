@@ -11,27 +11,16 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._table import markdown_table
 from ..detectors.base import Detector, clone
-from ..features import Features
 from ..metrics import bench_metrics
 from ..shaping import sharing
-from ._common import (
-    ExtractionPlan,
-    PassOptions,
-    as_named,
-    check_errors,
-    describe_error,
-    detector_layers,
-    higher_is_better,
-    log,
-    needs_gradients,
-)
+from ._common import Session, as_named, describe_error, higher_is_better, log
 
 __all__ = ["TuneResult", "parameter_candidates", "tune"]
 
@@ -135,14 +124,9 @@ def tune(
     model: Any = None,
     *,
     feature_layers_id: Any = None,
-    head_layer_id: Hashable = -1,
-    postproc_fns: Mapping[Hashable, Any] | None = None,
-    batch_size: int = 128,
-    input_key: str | None = None,
-    label_key: str | None = None,
     errors: str = "record",
     keep_scores: bool = False,
-    progress: bool | None = None,
+    **pass_options: Any,
 ) -> TuneResult:
     """Grid search over a detector's hyperparameters, scored on validation ID / OOD data.
 
@@ -164,20 +148,18 @@ def tune(
     metric : str, default "auroc"
         A :func:`~oodscope.bench_metrics` name. Higher is better for ``auroc``, ``aupr_*``, ``tnr*`` and
         ``detect_acc``, lower for ``fpr*``.
-    model : torch.nn.Module or keras.Model, optional
-        Needed only for data that is not Features, and for detectors that need input gradients (ODIN), which
-        then score the raw data with their own passes for each candidate.
+    model : torch.nn.Module or keras.Model or BoundModel, optional
+        Needed only for data that is not Features. Candidates that read a perturbed pass (ODIN's eps) get
+        one such pass per dataset for each distinct perturbation.
     feature_layers_id : layer ids, optional
         Layers to extract instead of the detector's defaults (as ``fit(model, feature_layers_id=...)``).
-    head_layer_id, postproc_fns, batch_size, input_key, label_key
-        Passed to :func:`~oodscope.extract`.
     errors : {"record", "raise"}, default "record"
         A candidate that fails to fit or score is recorded in the table (``error``) and skipped, or raises.
     keep_scores : bool, default False
         Keep every candidate's scores in :attr:`TuneResult.scores`.
-    progress : bool, optional
-        Progress bar over the candidates (and the passes): ``True`` always, ``False`` never, by default after
-        2 seconds.
+    **pass_options
+        ``head_layer_id``, ``postproc_fns`` (a dict), ``batch_size``, ``input_key``, ``label_key`` and
+        ``progress`` (bars over the passes and the candidates): see :class:`~oodscope.BoundModel`.
 
     Returns
     -------
@@ -194,56 +176,38 @@ def tune(
     >>> len(result.table), sorted(result.best_params), result.best_score > 0.9
     (6, ['gamma', 'k'], True)
     """
-    check_errors(errors)
     direction = higher_is_better(metric)
     if not isinstance(detector, Detector):
         raise TypeError(f"tune needs an oodscope Detector; got {type(detector).__name__}.")
     candidates = parameter_candidates(param_grid)
-    prepared = []
-    for params in candidates:
+    named = {}
+    for index, params in enumerate(candidates):
         # a detector given as a value is copied, so that nested settings never leak between candidates
         given_values = {name: clone(v) if isinstance(v, Detector) else v for name, v in params.items()}
-        candidate = clone(detector).set_params(**given_values)
-        _check_params_took(candidate, given_values)
-        prepared.append((params, candidate, detector_layers(candidate, feature_layers_id)))
+        named[str(index)] = clone(detector).set_params(**given_values)
+        _check_params_took(named[str(index)], given_values)
     oods = as_named(ood_val, "ood")
-    options = PassOptions(head_layer_id, postproc_fns, batch_size, input_key, label_key, progress)
-    plan = ExtractionPlan(model, options)
-    invalid: dict[int, Exception] = {}
-    for index, (_, candidate, own) in enumerate(prepared):
-        try:
-            candidate._validate_params()  # an invalid candidate fails here, before any pass
-        except ValueError as error:
-            if errors == "raise":
-                raise
-            invalid[index] = error
-            continue
-        if not needs_gradients(candidate):
-            plan.add(str(index), candidate, own)
-    cached = [
-        candidate
-        for index, (_, candidate, _) in enumerate(prepared)
-        if index not in invalid and not needs_gradients(candidate)
-    ]
-    given = {"fit": fit_data, "id": id_val, **oods}
-    timings: dict[str, float] = {}
-    extracted: dict[str, Features] = {}
-    if any(candidate._needs_fit() for candidate in cached):
-        if fit_data is None:
-            raise ValueError(f"{type(detector).__name__} learns from in-distribution data: give fit_data.")
-        extracted["fit"] = plan.features("fit", fit_data, timings)
-    if cached:
-        extracted["id"] = plan.features("id", id_val, timings)
-        for name, data in oods.items():
-            extracted[name] = plan.features(f"ood:{name}", data, timings)
+    layers = dict.fromkeys(named, feature_layers_id)
+    session = Session(model, named, layers, errors, **pass_options)
+    if session.live(learning=True) and fit_data is None:
+        raise ValueError(f"{type(detector).__name__} learns from in-distribution data: give fit_data.")
+    # every candidate's views of every dataset, from the fewest passes (candidates differ only in their
+    # hyperparameters, so they mostly share one pass per dataset)
+    views = {
+        "fit": session.features("fit", fit_data, session.live(learning=True)) if fit_data is not None else {}
+    }
+    for key, data in {"id": id_val, **oods}.items():
+        views[key] = session.features(key if key == "id" else f"ood:{key}", data, session.live())
+    errors_before = {entry["detector"]: entry["error"] for entry in session.errors}
 
     from tqdm.auto import tqdm
 
+    progress = pass_options.get("progress")
     table, kept_scores = [], []
     best: tuple[float, int, Detector] | None = None
     sign = 1.0 if direction else -1.0
     bar = tqdm(
-        prepared,
+        named,
         desc="tune",
         unit="candidate",
         disable=progress is False,
@@ -251,47 +215,40 @@ def tune(
         leave=False,
     )
     with sharing():  # candidates share shaping work (e.g. the clip value of ReActs around several detectors)
-        for index, (params, candidate, own) in enumerate(bar):
-            fit_s = score_s = None
-            try:
-                if index in invalid:
-                    raise invalid[index]
+        for name in bar:
+            index, candidate, params = int(name), named[name], candidates[int(name)]
+            fit_s = score_s = value = None
+            scores, per_set, error = {}, dict.fromkeys(oods), errors_before.get(name)
+            if name not in session.failed:
                 start = time.perf_counter()
-                if needs_gradients(candidate):
-                    if model is None:
-                        raise TypeError(f"{candidate!r} needs input gradients: give model= and raw data.")
-                    options.model_fit(candidate, model, fit_data, own)
-                    datasets = {"id": id_val, **oods}
-                else:
-                    if candidate._needs_fit():
-                        candidate.fit(plan.view(extracted["fit"], str(index), fit_data))
-                    datasets = {
-                        key: plan.view(extracted[key], str(index), given[key]) for key in ("id", *oods)
+                if not candidate._needs_fit() or session.fit(name, views["fit"][name]):
+                    fit_s = time.perf_counter() - start
+                    start = time.perf_counter()
+                    scores = {key: session.score(name, key, views[key][name]) for key in ("id", *oods)}
+                    score_s = time.perf_counter() - start
+                try:
+                    if name in session.failed or any(result is None for result in scores.values()):
+                        raise RuntimeError(session.errors[-1]["error"])
+                    per_set = {
+                        key: bench_metrics((scores["id"], scores[key]), metrics=[metric])[metric]
+                        for key in oods
                     }
-                fit_s = time.perf_counter() - start
-                start = time.perf_counter()
-                scores = {name: candidate.score(data).scores for name, data in datasets.items()}
-                score_s = time.perf_counter() - start
-                per_set = {
-                    name: bench_metrics((scores["id"], scores[name]), metrics=[metric])[metric]
-                    for name in oods
-                }
-                value: float | None = float(np.mean(list(per_set.values())))
-                error = None
-            except Exception as failure:
-                if errors == "raise":
-                    raise
-                log.warning("Candidate %s of %r failed: %s", params, detector, describe_error(failure))
-                scores, per_set, value, error = {}, dict.fromkeys(oods), None, describe_error(failure)
+                    value = float(np.mean(list(per_set.values())))
+                except Exception as failure:
+                    if session.raise_errors:
+                        raise
+                    error = str(failure) if isinstance(failure, RuntimeError) else describe_error(failure)
+                    log.warning("Candidate %s of %r failed: %s", params, detector, error)
+                    scores, per_set, value = {}, dict.fromkeys(oods), None
             row: dict[str, Any] = {**params, "rank": None, metric: value}
             if len(oods) > 1:
-                row.update({f"{metric}:{name}": per_set[name] for name in oods})
+                row.update({f"{metric}:{key}": per_set[key] for key in oods})
             row.update({"fit_s": fit_s, "score_s": score_s, "error": error})
             table.append(row)
             kept_scores.append(scores if keep_scores else {})
             if value is not None and (best is None or sign * value > sign * best[0]):
                 best = (value, index, candidate)
-            prepared[index] = (params, None, own)  # only the best fitted candidate is kept
+            named[name] = None  # only the best fitted candidate is kept
     if best is None:
         first = next(row["error"] for row in table)
         raise RuntimeError(f"Every candidate failed; the first error: {first}")
@@ -305,7 +262,7 @@ def tune(
         higher_is_better=direction,
         table=table,
         scores=kept_scores if keep_scores else None,
-        timings=timings,
+        timings=dict(session.timings["extract"]),
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._params import Constraint, InstanceOf, Options, validate_params
 from ..features import Features
+from ..needs import Needs
 from .base import Detector, LearnedState, NotFittedError, clone
 
 __all__ = ["Aggregator", "FisherAggregator", "MeanNormalizedAggregator", "StdNormalizedAggregator"]
@@ -299,17 +300,11 @@ class _LayerwiseDetector(Detector):
     layers: Sequence[Hashable] | None
     aggregator: Aggregator | None
 
-    def fit(
-        self, model_or_features: Any, fit_data: Any = None, *, feature_layers_id: Any = None, **options: Any
-    ) -> Detector:
-        """As :meth:`Detector.fit`; at model level, ``feature_layers_id`` defaults to ``layers`` when set."""
-        if (
-            feature_layers_id is None
-            and isinstance(self.layers, (list, tuple))
-            and not isinstance(model_or_features, Features)
-        ):
-            feature_layers_id = list(self.layers)
-        return super().fit(model_or_features, fit_data, feature_layers_id=feature_layers_id, **options)
+    def needs(self, layers: Any = None) -> Needs:
+        """At model level, the layers read are ``layers`` when set, else ``default_layers``."""
+        if layers is None and isinstance(self.layers, (list, tuple)):
+            layers = list(self.layers)
+        return super().needs(layers)
 
     def _fit(self, features: Features) -> None:
         name = type(self).__name__

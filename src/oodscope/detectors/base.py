@@ -20,13 +20,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from .._params import Constraint, validate_params
 from ..features import Features
+from ..needs import Needs, layer_tuple
 
 __all__ = ["Detector", "NotFittedError", "ScoreResult", "clone", "REQUIREMENTS"]
 
@@ -36,7 +36,6 @@ REQUIREMENTS = {
     "features": "the activations of at least one layer",
     "labels": "class labels of the fit data",
     "head": "the weights (W, b) of the classifier's final linear layer",
-    "input_gradients": "gradients of the loss with respect to the inputs (a model-level pass)",
 }
 
 
@@ -107,55 +106,51 @@ class Detector(LearnedState):
     _features_only_params: ClassVar[dict[str, Any]] = {}
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
 
+    # --- what the detector needs from a model ------------------------------------------------------------
+
+    def needs(self, layers: Any = None) -> Needs:
+        """What this detector reads from a model pass, as data (see :mod:`oodscope.needs`).
+
+        ``layers`` (a user's choice, e.g. ``fit(model, data, feature_layers_id=...)``) replaces the layers the
+        detector reads by default: ``default_layers``, or the penultimate layer for a detector that requires
+        ``"features"`` and names none. Methods whose needs depend on hyperparameters override this (a layer
+        hyperparameter, ODIN's perturbation, Gram's post-processing).
+        """
+        if layers is None:
+            layers = self.default_layers or (("penultimate",) if "features" in self.requires else ())
+        return Needs(layers=layer_tuple(layers), head="head" in self.requires)
+
     # --- the public contract -------------------------------------------------------------------------------
 
-    def fit(
-        self,
-        model_or_features: Any,
-        fit_data: Any = None,
-        *,
-        feature_layers_id: Any = None,
-        head_layer_id: Any = -1,
-        postproc_fns: Any = None,
-        batch_size: int = 128,
-        input_key: str | None = None,
-        label_key: str | None = None,
-        progress: bool | None = None,
-    ) -> Detector:
+    def fit(self, model_or_features: Any, fit_data: Any = None, **pass_options: Any) -> Detector:
         """Fit on in-distribution data and return ``self``; a refit discards everything learned before.
 
         Two forms:
 
         - ``fit(features)``: fit on precomputed :class:`~oodscope.Features` (array level);
-        - ``fit(model, fit_data=None, feature_layers_id=..., head_layer_id=-1, ...)``: remember the model
-          (by reference; it is never modified) and, when the detector learns from data, run it once over
-          ``fit_data`` with :func:`~oodscope.extract` (the keyword arguments are passed on to it). Later
-          ``score(data)`` calls run the same model with the same options. Stateless detectors accept
-          ``fit(model)`` alone and ignore ``fit_data``. ``feature_layers_id`` defaults to the detector's
-          ``default_layers``.
+        - ``fit(model, fit_data=None, **pass_options)``: remember the model (by reference; it is never
+          modified) and, when the detector learns from data, run it over ``fit_data`` as the detector needs
+          (:meth:`needs`). Later ``score(data)`` calls run the same model with the same options. Stateless
+          detectors accept ``fit(model)`` alone and ignore ``fit_data``. The pass options are those of
+          :class:`~oodscope.BoundModel`: ``feature_layers_id`` (instead of the layers the detector reads by
+          default), ``head_layer_id=-1``, ``postproc_fns``, ``batch_size=128``, ``input_key``,
+          ``label_key``, ``progress``; a :class:`~oodscope.BoundModel` may be given as the model.
         """
         if isinstance(model_or_features, Features):
             if fit_data is not None:
                 raise TypeError("fit(features) takes no fit_data: the Features are the fit data.")
-            self._model, self._pass_options = None, None
+            if pass_options:
+                raise TypeError(
+                    f"fit(features) takes no pass options ({sorted(pass_options)}): they apply to a model."
+                )
+            self._bound = None
             return self._fit_features(model_or_features)
-        from ..backends import get_backend
+        from ..binding import bind
 
-        get_backend(model_or_features)  # a clear error for anything that is neither a model nor Features
-        options = {
-            "feature_layers_id": list(self.default_layers)
-            if feature_layers_id is None
-            else feature_layers_id,
-            "head_layer_id": head_layer_id,
-            "postproc_fns": postproc_fns,
-            "batch_size": batch_size,
-            "input_key": input_key,
-            "label_key": label_key,
-            "with_head": True if "head" in self.requires else None,
-            "progress": progress,
-        }
+        bound = bind(model_or_features, **pass_options)
+        self._validate_params()  # before any pass, so a bad value fails fast
         if not self._needs_fit():
-            self._validate_params()
+            self._plan(bound)  # checks that the model can give what the detector needs
             self._reset()
             self.n_samples_fit_ = 0
         elif fit_data is None:
@@ -164,20 +159,16 @@ class Detector(LearnedState):
                 "data the model was trained on (or held-out ID data)."
             )
         else:
-            self._validate_params()  # before the pass, so a bad value fails fast
-            self._fit_features(self._extract(model_or_features, fit_data, options))
-        self._model, self._pass_options = model_or_features, options
+            self._fit_features(self._plan(bound).features(fit_data, "fit")["self"])
+        self._bound = bound
         return self
 
-    def _extract(self, model: Any, data: Any, options: dict[str, Any]) -> Features:
-        """One :func:`~oodscope.extract` pass with the fit options; the detector's own post-processing
-        (:meth:`_postproc`) applies when the user gave none, so it is re-created, never stored or saved."""
-        from ..extract import _layer_list, extract
+    def _plan(self, bound: Any) -> Any:
+        from ..plan import Plan
 
-        if options["postproc_fns"] is None:
-            own = self._postproc(model, _layer_list(options["feature_layers_id"]))
-            options = {**options, "postproc_fns": own or None}
-        return extract(model, data, **options)
+        plan = Plan(bound, strict=True)
+        plan.add("self", self.needs(bound.feature_layers_id))
+        return plan
 
     def score(
         self,
@@ -205,15 +196,16 @@ class Detector(LearnedState):
         self._validate_params()
         if isinstance(data, Features):
             return self._score_features(data)
-        if getattr(self, "_model", None) is None:
+        if self._bound is None:
             raise TypeError(
                 f"{type(self).__name__}.score() got {type(data).__name__}, not Features, and no model is "
                 "known: call fit(model, ...) first to score data through the model (for a saved detector, "
                 "load(path, model=model)), or pass oodscope.Features."
             )
-        given = dict(batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress)
-        options = {**self._pass_options, **{key: value for key, value in given.items() if value is not None}}
-        return self._score_data(data, options)
+        bound = self._bound.replace(
+            batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress
+        )
+        return self._score_features(self._plan(bound).features(data, "score")["self"])
 
     def _fit_features(self, features: Features) -> Detector:
         self._validate_params()
@@ -237,22 +229,9 @@ class Detector(LearnedState):
             info["labels"] = features.labels
         return ScoreResult(scores, info)
 
-    def _score_data(self, data: Any, options: dict[str, Any]) -> ScoreResult:
-        """Model-level scoring: one pass with :func:`~oodscope.extract`, then the array-level code.
-
-        Detectors that need more than one plain pass (input gradients) override this.
-        """
-        return self._score_features(self._extract(self._model, data, options))
-
     def _needs_fit(self) -> bool:
         """Whether this instance must be fitted before scoring (composite detectors ask their parts)."""
         return self.needs_fit
-
-    def _postproc(self, model: Any, layer_ids: list[Any]) -> dict[Any, Any]:
-        """The post-processing this detector's own model-level passes apply to ``layer_ids`` when the user
-        gives none: ``{layer_id: fn}`` (see :func:`~oodscope.extract`); empty means global average pooling.
-        ``evaluate`` and ``tune`` compute it beside what the other detectors read, in the same pass."""
-        return {}
 
     # --- decisions: thresholds and conformal p-values ----------------------------------------------------
 
@@ -267,16 +246,11 @@ class Detector(LearnedState):
         ``calibration_scores_`` for :meth:`pvalues`. Use ID data that was *not* used to fit the detector.
         A refit discards the calibration.
         """
-        if not (isinstance(tpr, (int, float)) and 0 < tpr <= 1):
-            raise ValueError(f"tpr must be in (0, 1] (e.g. 0.95 keeps 95% of ID data); got {tpr!r}.")
+        from ..metrics import threshold_at_tpr
+
+        threshold_at_tpr([0.0], tpr)  # a bad tpr fails before the pass
         scores = np.sort(self.score(id_data, **pass_options).scores)
-        n = scores.size
-        kept = min(max(math.ceil(tpr * n), 1), n)  # the fewest samples k with k / n >= tpr, in float
-        while kept > 1 and (kept - 1) / n >= tpr:
-            kept -= 1
-        while kept < n and kept / n < tpr:
-            kept += 1
-        self.threshold_ = float(scores[kept - 1])
+        self.threshold_ = threshold_at_tpr(scores, tpr)
         self.threshold_tpr_ = float(tpr)
         self.calibration_scores_ = scores
         return self
@@ -365,8 +339,7 @@ class Detector(LearnedState):
 
     # --- state ----------------------------------------------------------------------------------------------
 
-    _model: Any = None
-    _pass_options: dict[str, Any] | None = None
+    _bound: Any = None  # the BoundModel given to fit, if any
 
     def _check_is_fitted(self) -> None:
         if not self._learned_attributes():
@@ -393,6 +366,16 @@ class Detector(LearnedState):
         if missing:
             needs = "; ".join(REQUIREMENTS[key] for key in missing)
             raise ValueError(f"{name} needs {needs}, but the Features given to {stage}() have none.")
+        perturbation = self.needs(layers=()).perturbation  # () skips the layer logic of needs()
+        if perturbation != features.perturbation:
+            came = "a plain forward pass" if features.perturbation is None else repr(features.perturbation)
+            raise ValueError(
+                f"{self!r} reads a forward pass over perturbed inputs ({perturbation!r}), but these Features "
+                f"come from {came}. Let it run the model: fit(model) and then score(data) (or evaluate / "
+                "tune with the model and raw data)."
+                if perturbation is not None
+                else f"{self!r} reads a plain forward pass, but these Features come from {came}."
+            )
         return features
 
     def __repr__(self) -> str:

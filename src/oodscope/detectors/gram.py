@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from .._params import AnyOf, Interval, Options
 from ..features import Features
+from ..needs import Needs
 from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
 
 __all__ = ["Gram", "gram_bounds", "gram_deviation", "gram_postproc", "gram_statistics"]
@@ -227,18 +229,20 @@ class Gram(_LayerwiseDetector):
         self.layers = layers
         self.aggregator = aggregator
 
-    def _postproc(self, model: Any, layer_ids: list[Any]) -> dict[Any, Any]:
-        """At model level, each requested layer's activations become their Gram statistics of orders
-        1..``orders`` (see :func:`gram_postproc`); with ``orders=None``, the default pooling."""
-        if self.orders is None or not layer_ids:
-            return {}
-        if "penultimate" in layer_ids:
+    def needs(self, layers: Any = None) -> Needs:
+        """At model level, each layer's activations become their Gram statistics of orders 1..``orders``
+        (see :func:`gram_statistics`), in the model's layout; with ``orders=None``, the default pooling."""
+        needs = super().needs(layers)
+        if self.orders is None:
+            return needs
+        if "penultimate" in needs.layers:
             raise ValueError(
                 "Gram cannot store Gram statistics under 'penultimate' at model level (Features checks that "
                 "layer against the head's width). Address the layer by name or index instead, e.g. "
                 "feature_layers_id=[-2] for the output of the layer before the head."
             )
-        return gram_postproc(model, layer_ids, self.orders)
+        statistics = functools.partial(gram_statistics, orders=self.orders)
+        return dataclasses.replace(needs, reductions=dict.fromkeys(needs.layers, statistics))
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
         classes = np.argmax(features.logits, axis=1)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from .._params import Interval, validate_params
 from ..features import Features
-from .base import Detector, ScoreResult
+from ..losses import PredictedClassCE
+from ..needs import Needs, Perturbation
+from .base import Detector
 from .msp import msp_score
 
 _CONSTRAINTS = {
@@ -43,9 +46,10 @@ class ODIN(Detector):
 
     The perturbation is applied in the model's input space (after any preprocessing the data pipeline
     already did); the paper's code divides the gradient by the normalisation's standard deviation, i.e. its ε
-    lives in pixel space. This needs the model: ``ODIN().fit(model).score(data)``, one extra backward and
-    forward pass per batch; ``info["logits"]`` then holds the logits of the perturbed inputs. With ``eps=0``
-    it also scores precomputed :class:`~oodscope.Features`.
+    lives in pixel space. With ``eps > 0`` this needs the model: ``ODIN().fit(model).score(data)`` runs one
+    forward and backward pass and a second forward pass per batch (on any backend that provides gradients),
+    and ``info["logits"]`` holds the logits of the perturbed inputs; ``evaluate`` shares that pass between
+    ODINs of the same temperature and eps. With ``eps=0`` it scores precomputed :class:`~oodscope.Features`.
 
     Parameters
     ----------
@@ -64,7 +68,7 @@ class ODIN(Detector):
     array([-0.8808])
     """
 
-    requires = frozenset({"logits", "input_gradients"})
+    requires = frozenset({"logits"})
     needs_fit = False
     _parameter_constraints = _CONSTRAINTS
     _features_only_params = {"eps": 0.0}
@@ -73,43 +77,16 @@ class ODIN(Detector):
         self.temperature = temperature
         self.eps = eps
 
+    def needs(self, layers: Any = None) -> Needs:
+        """With ``eps > 0``, the logits of the inputs perturbed along the gradient of
+        :class:`~oodscope.losses.PredictedClassCE` at the temperature: a gradient pass, shared by ODINs with
+        the same temperature and eps."""
+        needs = super().needs(layers)
+        if self.eps == 0:
+            return needs
+        loss = PredictedClassCE(temperature=float(self.temperature))
+        return dataclasses.replace(needs, perturbation=Perturbation(loss=loss, step=float(self.eps)))
+
     def _score(self, features: Features) -> np.ndarray:
-        if self.eps != 0:
-            raise ValueError(
-                f"ODIN with eps={self.eps} perturbs the inputs, which Features do not hold: call "
-                "fit(model) and then score(data). With eps=0 it scores Features (temperature-scaled MSP)."
-            )
+        # with eps > 0 the logits come from the perturbed inputs (checked against needs())
         return odin_score(features.logits, self.temperature)
-
-    def _score_data(self, data: Any, options: dict[str, Any]) -> ScoreResult:
-        from ..extract import model_pass
-
-        logits, labels = [], []
-        with model_pass(
-            self._model,
-            data,
-            (),
-            options["head_layer_id"],
-            batch_size=options["batch_size"],
-            input_key=options["input_key"],
-            label_key=options["label_key"],
-            progress=options["progress"],
-            description="ODIN",
-        ) as (runner, stream):
-            for inputs, batch_labels in stream:
-                logits.append(runner.odin_logits(inputs, float(self.temperature), float(self.eps)))
-                if batch_labels is not None:
-                    labels.append(batch_labels)
-        if not logits:
-            raise ValueError("The data yielded no batches; there is nothing to score.")
-        features = Features(
-            logits=np.concatenate(logits),
-            labels=np.concatenate(labels) if len(labels) == len(logits) else None,
-        )
-        # The logits already come from the perturbed inputs; score them with the temperature alone.
-        scores = odin_score(features.logits, self.temperature)
-        info = {
-            "logits": features.logits,
-            **({"labels": features.labels} if features.labels is not None else {}),
-        }
-        return ScoreResult(scores, info)

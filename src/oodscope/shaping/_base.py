@@ -252,10 +252,10 @@ class _Shaping(Detector):
 
     def _inner(self) -> Detector:
         detector = Energy() if self.detector is None else self.detector
-        if "input_gradients" in detector.requires:
+        if detector.needs(layers=()).perturbation is not None:
             raise ValueError(
-                f"{type(self).__name__} cannot wrap {type(detector).__name__}, which needs input gradients; "
-                "shaping acts on features after the forward pass."
+                f"{type(self).__name__} cannot wrap {detector!r}, which reads a pass over perturbed inputs; "
+                "shaping acts on the penultimate features of a plain forward pass."
             )
         return detector
 

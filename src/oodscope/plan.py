@@ -1,0 +1,222 @@
+"""The planner: the fewest model passes that give every detector the Features it needs.
+
+Detectors declare their needs as data (:class:`~oodscope.needs.Needs`). A :class:`Plan` groups them by the
+kind of pass they need -- the plain forward pass, or a forward pass over inputs perturbed along the gradient
+of a loss (:class:`~oodscope.needs.Perturbation`) -- and runs each kind once per dataset: every layer that
+any detector of the group reads is extracted once, with every distinct post-processing of it side by side.
+Each detector then gets exactly the :class:`~oodscope.Features` its own ``fit(model)`` / ``score(data)``
+would have seen (:meth:`Plan.features`). A single detector's ``fit`` and ``score`` use a plan of one; so do
+``evaluate`` and ``tune`` with many.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .extract import _layer_list, _postproc_map, global_average_pool, run_pass
+from .features import Features
+from .needs import Needs, same_function_key
+
+__all__ = ["Plan"]
+
+log = logging.getLogger("oodscope.plan")
+
+
+class _Stacked:
+    """Several post-processings of one layer in one pass: their [B, D_i] results side by side.
+
+    :meth:`split` cuts the extracted array back into the parts, each in the precision it was computed in.
+    """
+
+    def __init__(self, layer: Hashable, fns: Sequence[Any], channels_last: bool) -> None:
+        self.layer, self.fns, self.channels_last = layer, list(fns), channels_last
+        self.widths: list[int] = []
+        self.dtypes: list[np.dtype] = []
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        parts = [
+            global_average_pool(values, self.channels_last) if fn is None else np.asarray(fn(values))
+            for fn in self.fns
+        ]
+        for part in parts:
+            if part.ndim != 2 or part.shape[0] != values.shape[0]:
+                raise ValueError(
+                    f"A post-processing of layer {self.layer!r} must return a 2-D array [batch, features]; "
+                    f"it returned shape {part.shape} for a batch of {values.shape[0]}."
+                )
+        self.widths = [part.shape[1] for part in parts]
+        self.dtypes = [part.dtype for part in parts]
+        return np.concatenate(parts, axis=1)
+
+    def split(self, stacked: np.ndarray) -> list[np.ndarray]:
+        edges = np.cumsum(self.widths)[:-1]
+        return [
+            np.ascontiguousarray(part, dtype=dtype)
+            for part, dtype in zip(np.split(stacked, edges, axis=1), self.dtypes, strict=True)
+        ]
+
+
+class _Group:
+    """The detectors that share one kind of pass, and what that pass extracts for them."""
+
+    def __init__(self, perturbation: Any) -> None:
+        self.perturbation = perturbation
+        self.fns: dict[Hashable, list[Any]] = {}  # layer -> distinct post-processings
+        self.keys: dict[Hashable, list[Hashable]] = {}
+        self.wants: dict[str, dict[Hashable, int]] = {}  # detector -> {layer: index of its post-processing}
+        self.head = False
+
+    def add(self, name: str, needs: Needs, user: Mapping[Hashable, Any], channels_last: bool) -> None:
+        wants = {}
+        for layer in needs.layers:
+            if layer in user:  # the user's choice wins, as in fit()
+                fn = user[layer]
+            elif layer in needs.reductions:
+                fn = functools.partial(needs.reductions[layer], channels_last=channels_last)
+            else:
+                fn = None
+            keys = self.keys.setdefault(layer, [])
+            key = same_function_key(fn)
+            if key not in keys:
+                keys.append(key)
+                self.fns.setdefault(layer, []).append(fn)
+            wants[layer] = keys.index(key)
+        self.wants[name] = wants
+        self.head = self.head or needs.head
+
+    def run(self, bound: Any, data: Any, label: str, strict: bool) -> Features:
+        channels_last = bound.backend.channels_last
+        postproc: dict[Hashable, Any] = {}
+        for layer, fns in self.fns.items():
+            if len(fns) > 1:
+                postproc[layer] = _Stacked(layer, fns, channels_last)
+            elif fns[0] is not None:
+                postproc[layer] = fns[0]
+        features = run_pass(
+            bound,
+            data,
+            list(self.fns),
+            postproc,
+            with_head=(True if strict else None) if self.head else False,
+            perturbation=self.perturbation,
+            description=label if self.perturbation is None else f"{label} (perturbed)",
+        )
+        blocks = {}
+        for layer, values in features.layers.items():
+            stacked = postproc.get(layer)
+            parts = stacked.split(values) if isinstance(stacked, _Stacked) else [values]
+            blocks.update({(layer, i): part for i, part in enumerate(parts)})
+        return Features._unchecked(
+            logits=features.logits,
+            layers=blocks,
+            labels=features.labels,
+            head_weight=features.head_weight,
+            head_bias=features.head_bias,
+            perturbation=features.perturbation,
+        )
+
+    def view(self, features: Features, name: str) -> Features:
+        return Features._unchecked(
+            logits=features.logits,
+            layers={layer: features.layers[(layer, i)] for layer, i in self.wants[name].items()},
+            labels=features.labels,
+            head_weight=features.head_weight,
+            head_bias=features.head_bias,
+            perturbation=features.perturbation,
+        )
+
+
+class Plan:
+    """The passes of one bound model that serve many detectors.
+
+    Parameters
+    ----------
+    bound : BoundModel or None
+        The model and its pass options; None when every dataset will be given as Features.
+    strict : bool, default False
+        Require the head's weights when a detector needs them (a single detector's ``fit``: the error says
+        why the head is not linear); otherwise they are read when available, and a detector that needs them
+        fails on its own.
+
+    ``add(name, needs)`` registers a detector's needs; ``features(data, label)`` runs the passes over ``data``
+    (none for :class:`~oodscope.Features`, which are handed to every detector as they are) and returns
+    ``{name: Features}``. The same data object given again (e.g. as fit and ID data) is not run again until
+    :meth:`forget` is called for it.
+    """
+
+    def __init__(self, bound: Any, strict: bool = False) -> None:
+        self.bound = bound
+        self.strict = strict
+        self._groups: dict[Any, _Group] = {}
+        self._group_of: dict[str, _Group] = {}
+        self._done: list[tuple[Any, dict[Any, Features]]] = []
+        self._user: dict[Hashable, Any] = {}
+        if bound is not None and bound.postproc_fns is not None:
+            if isinstance(bound.postproc_fns, Mapping):
+                self._user = dict(bound.postproc_fns)
+            else:
+                self._user = _postproc_map(bound.postproc_fns, _layer_list(bound.feature_layers_id))
+
+    def add(self, name: str, needs: Needs) -> None:
+        """Register detector ``name`` with its needs (the layers already chosen, see ``Detector.needs``)."""
+        if self.bound is not None and needs.perturbation is not None:
+            self.bound.backend.require("gradients", f"{name} (its input perturbation)")
+        channels_last = False if self.bound is None else self.bound.backend.channels_last
+        group = self._groups.get(needs.perturbation)
+        if group is None:
+            group = self._groups[needs.perturbation] = _Group(needs.perturbation)
+        group.add(name, needs, self._user, channels_last)
+        self._group_of[name] = group
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._group_of)
+
+    def passes(self) -> int:
+        """The number of passes per dataset (one per kind of pass)."""
+        return len(self._groups)
+
+    def features(
+        self, data: Any, label: str = "data", timings: dict[str, float] | None = None, names: Any = None
+    ) -> dict[str, Features]:
+        """``{name: Features}`` for the registered detectors (or those in ``names``) on ``data``.
+
+        Passes are run for the kinds of pass those detectors need, each once; ``timings[label]`` gets the
+        seconds spent. Features given as ``data`` go to every detector as they are.
+        """
+        wanted = self.names if names is None else [name for name in names if name in self._group_of]
+        if isinstance(data, Features):
+            if timings is not None:
+                timings[label] = 0.0
+            return dict.fromkeys(wanted, data)
+        done = next((extracted for known, extracted in self._done if known is data), None)
+        if done is None:
+            done = {}
+            self._done.append((data, done))
+        start, ran = time.perf_counter(), 0
+        for group in dict.fromkeys(self._group_of[name] for name in wanted):
+            if group.perturbation not in done:
+                if self.bound is None:
+                    raise TypeError(
+                        f"The {label!r} data is a {type(data).__name__}, not oodscope.Features, and no model "
+                        "was given to run over it: pass model=... or precomputed Features."
+                    )
+                done[group.perturbation] = group.run(self.bound, data, label, self.strict)
+                ran += 1
+        seconds = time.perf_counter() - start if ran else 0.0  # data seen before costs nothing
+        if timings is not None:
+            timings[label] = timings.get(label, 0.0) + seconds
+        log.info("%r: %d pass(es) in %.2f s.", label, ran, seconds)
+        return {
+            name: self._group_of[name].view(done[self._group_of[name].perturbation], name) for name in wanted
+        }
+
+    def forget(self, data: Any) -> None:
+        """Drop the features kept for ``data``."""
+        self._done = [(known, extracted) for known, extracted in self._done if known is not data]
