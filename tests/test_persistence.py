@@ -115,7 +115,7 @@ def test_model_level_round_trip(tmp_path):
     det = ReAct(GEN(), percentile=80).fit(model, x, batch_size=16).calibrate(x[:20])
     loaded = load(det.save(tmp_path / "react.oodscope"), model=model)
     np.testing.assert_array_equal(loaded.score(x).scores, det.score(x).scores)
-    assert loaded._pass_options["batch_size"] == 16
+    assert loaded._bound.batch_size == 16
     assert loaded.detector.get_params() == det.detector.get_params()
     with pytest.raises(TypeError, match=r"no model is known.*load\(path, model=model\)"):
         load(tmp_path / "react.oodscope").score(x)

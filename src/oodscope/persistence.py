@@ -2,9 +2,9 @@
 
 A saved detector is one zip file holding ``detector.json`` (format, library version, class, hyperparameters,
 learned state, extraction options) and one ``.npy`` entry per array, read with ``allow_pickle=False``.
-Classes are looked up among the already imported :class:`~oodscope.detectors.Detector` subclasses, never
-imported by name from the file, and nothing is unpickled: a pickle (or any other foreign file) is refused
-before anything in it runs. Arrays round-trip bit for bit, so scores after loading are identical.
+Detector classes are looked up in the registry of imported detectors (:func:`oodscope.detectors.available`),
+never imported by name from the file, and nothing is unpickled: a pickle (or any other foreign file) is
+refused before anything in it runs. Arrays round-trip bit for bit, so scores after loading are identical.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from ._version import __version__
 from .detectors._layerwise import Aggregator
+from .detectors._registry import available, registry_name
 from .detectors.base import Detector, is_learned_name
 
 __all__ = ["load", "save", "DetectorFileError"]
@@ -39,20 +40,18 @@ def save(detector: Detector, path: str | Path) -> Path:
         raise TypeError(f"save() expects an oodscope detector; got {type(detector).__name__}.")
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
-    options = dict(detector._pass_options or {})
-    if options.get("postproc_fns") is not None:
+    bound = detector._bound
+    if bound is not None and bound.postproc_fns is not None:
         raise ValueError(
             "This detector was fitted with postproc_fns, which are functions and cannot be saved safely. "
             "Save it after fitting on Features, or re-create the post-processing after loading."
         )
-    options.pop("postproc_fns", None)
-    options.pop("progress", None)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "oodscope_version": __version__,
         "detector": _encode(detector, arrays, "detector"),
-        "extraction": _encode(options, arrays, "extraction") if detector._pass_options else None,
+        "extraction": None if bound is None else _encode(bound.options(), arrays, "extraction"),
     }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(_META, json.dumps(meta, indent=1, allow_nan=False))
@@ -71,8 +70,8 @@ def load(path: str | Path, model: Any = None) -> Detector:
     path : str or Path
         The file.
     model : torch.nn.Module or keras.Model, optional
-        The model to score data through, with the extraction options saved with the detector (layers,
-        head, batch size). Without it the loaded detector scores :class:`~oodscope.Features`.
+        The model to score data through, bound to the pass options saved with the detector (layers, head,
+        batch size, keys). Without it the loaded detector scores :class:`~oodscope.Features`.
 
     Raises
     ------
@@ -101,17 +100,12 @@ def load(path: str | Path, model: Any = None) -> Detector:
     if not isinstance(detector, Detector):
         raise DetectorFileError(f"{path} does not hold a detector.")
     detector._validate_params()
-    if options is not None:
-        options["postproc_fns"] = None
-        options["progress"] = None
-        detector._pass_options = options
     if model is not None:
         if options is None:
             raise ValueError(f"{path} was fitted on Features, so it has no extraction options for a model.")
-        from .backends import get_backend
+        from .binding import SAVED_OPTIONS, bind
 
-        get_backend(model)
-        detector._model = model
+        detector._bound = bind(model, **{key: options[key] for key in SAVED_OPTIONS if key in options})
     return detector
 
 
@@ -176,7 +170,7 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
     for tag, base in _OBJECTS:
         if isinstance(value, base):
             return {
-                tag: _class_name(type(value)),
+                tag: _class_name(type(value), base),
                 "params": _encode(value.get_params(deep=False), arrays, f"{key}.params"),
                 "state": _encode(value._get_state(), arrays, f"{key}.state"),
             }
@@ -203,7 +197,7 @@ def _decode(value: Any, arrays: _ArrayReader) -> Any:
         return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
     for tag, base in _OBJECTS:
         if tag in value:
-            cls = _subclasses(base).get(value[tag])
+            cls = _known(base).get(value[tag]) or _known(base).get(_former_name(value[tag]))
             if cls is None:
                 kind = base.__name__.lower()
                 raise DetectorFileError(
@@ -218,19 +212,29 @@ def _decode(value: Any, arrays: _ArrayReader) -> Any:
     raise DetectorFileError(f"Unexpected entry in the detector file: {sorted(value)}.")
 
 
-def _class_name(cls: type) -> str:
+def _class_name(cls: type, base: type) -> str:
+    if base is Detector:
+        return registry_name(cls)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _subclasses(base: type) -> dict[str, type]:
-    """Every subclass of ``base`` imported so far, by module-qualified name (nothing is imported by name)."""
-    from . import detectors, shaping  # noqa: F401 - make the built-in detectors and aggregators known
+def _former_name(name: Any) -> Any:
+    """Files of format 1 named oodscope's detectors by module path (``oodscope.shaping.ReAct``); the
+    registry knows them by class name."""
+    if isinstance(name, str) and name.startswith("oodscope.") and ":" not in name:
+        return name.rsplit(".", 1)[-1]
+    return None
 
+
+def _known(base: type) -> dict[str, type]:
+    """The classes a file may name: the detector registry, or every imported aggregator class (nothing is
+    imported by name from the file)."""
+    if base is Detector:
+        return available()
     found: dict[str, type] = {}
     stack = [base]
     while stack:
-        cls = stack.pop()
-        for sub in cls.__subclasses__():
-            found[_class_name(sub)] = sub
+        for sub in stack.pop().__subclasses__():
+            found[_class_name(sub, base)] = sub
             stack.append(sub)
     return found

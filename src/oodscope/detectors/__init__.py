@@ -1,5 +1,10 @@
-"""OOD detectors: one module per method, each a pure score function plus a thin :class:`Detector` class."""
+"""OOD detectors: one module per method, each a pure score function plus a thin :class:`Detector` class.
 
+Adding a method is one new file here (a score function and a :class:`Detector` subclass) plus its export
+line below; :func:`available` then lists it for the CLI, persistence and the test suite.
+"""
+
+from ._registry import available, registry_name
 from .base import REQUIREMENTS, Detector, NotFittedError, ScoreResult, clone
 from .energy import Energy, energy_score
 from .entropy import Entropy, entropy_score
@@ -16,6 +21,8 @@ from .vim import ViM, vim_principal_dim, vim_score
 
 __all__ = [
     "REQUIREMENTS",
+    "available",
+    "registry_name",
     "Detector",
     "NotFittedError",
     "ScoreResult",
