@@ -270,7 +270,7 @@ class KerasBackend(Backend):
     >>> from oodscope.backends import INPUT
     >>> from oodscope.losses import MaxLogit
     >>> inputs = keras.Input((4,), name="pixels")
-    >>> hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    >>> hidden = keras.layers.Dense(8, activation="tanh", name="hidden")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(hidden))
     >>> backend = KerasBackend(model, layer_ids=["hidden", "penultimate", -1])
     >>> logits, layers = backend.run_batch(np.zeros((2, 4)))
