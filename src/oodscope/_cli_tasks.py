@@ -4,8 +4,8 @@ Data specifications (``--fit``, ``--id``, ``--ood NAME=SPEC``) are either a name
 split and class list, ``mnist:test:0-4`` / ``fashion_mnist:test`` / ``mnist:train:0,1,2,3,4``, or a path to a
 ``.npz`` file holding the inputs under ``x`` (or ``inputs`` / ``image``) and optionally labels under ``y`` (or
 ``labels`` / ``label``), or a ``.npy`` file of inputs. Detectors are written as Python calls with literal
-arguments, ``GEN(gamma=0.1)``, ``KNN(k=50)``, ``ReAct(GEN(), percentile=90)``; they are parsed, never
-evaluated as code.
+arguments, ``GEN(gamma=0.1)``, ``KNN(k=50)``, ``ReAct(GEN(), percentile=90)``, or, for a detector in the
+user's own module, ``mypkg.mymod:MyDetector(k=3)``; they are parsed, never evaluated as code.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +31,57 @@ class UsageError(ValueError):
     """A problem with the command's arguments or configuration (exit code 2)."""
 
 
-def detector_classes() -> dict[str, type[Detector]]:
-    """Public detector classes by name (what ``--detectors`` may use)."""
-    import oodscope
-
-    return {
-        name: value
-        for name, value in vars(oodscope).items()
-        if isinstance(value, type) and issubclass(value, Detector) and value is not Detector
-    }
+#: ``module.path:ClassName`` inside a detector expression: a detector from the user's own module
+_DOTTED = re.compile(r"\b([A-Za-z_][\w.]*):([A-Za-z_]\w*)")
 
 
 def parse_detector(text: str) -> Detector:
-    """``"GEN(gamma=0.1)"`` -> ``GEN(gamma=0.1)``: only known classes and literal arguments."""
+    """``"GEN(gamma=0.1)"`` -> ``GEN(gamma=0.1)``: only registered classes and literal arguments.
+
+    A class from the user's own module is written ``"mypkg.mymod:MyDetector(k=3)"``; its module is imported
+    (it must be importable, e.g. with ``PYTHONPATH``), and the call is still parsed, never evaluated.
+    """
+    from .detectors import available
+    from .detectors._registry import resolve
+
+    known = dict(available())
+    aliases: dict[str, str] = {}
+
+    def alias(match: re.Match) -> str:
+        name = f"{match.group(1)}:{match.group(2)}"
+        try:
+            known[name] = resolve(name, import_module=True)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        aliases.setdefault(name, f"_user_detector_{len(aliases)}")
+        return aliases[name]
+
+    source = _DOTTED.sub(alias, text.strip())
+    known.update({placeholder: known[name] for name, placeholder in aliases.items()})
     try:
-        tree = ast.parse(text.strip(), mode="eval").body
+        tree = ast.parse(source, mode="eval").body
     except SyntaxError as error:
         raise UsageError(
             f"Cannot read the detector {text!r}: {error.msg}. Write e.g. 'GEN(gamma=0.1)'."
         ) from None
-    return _build(tree, text)
+    return _build(tree, text, known)
 
 
-def _build(node: ast.AST, text: str) -> Detector:
-    known = detector_classes()
+def _build(node: ast.AST, text: str, known: dict[str, type[Detector]]) -> Detector:
     if isinstance(node, ast.Name):
         node = ast.Call(func=node, args=[], keywords=[])
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
         raise UsageError(f"Cannot read the detector {text!r}; write a call such as 'KNN(k=50)'.")
     name = node.func.id
     if name not in known:
-        raise UsageError(f"Unknown detector {name!r}. Known: {', '.join(sorted(known))}.")
+        shown = ", ".join(key for key in known if ":" not in key and not key.startswith("_user_"))
+        raise UsageError(
+            f"Unknown detector {name!r}. Known: {shown}; or 'module.path:ClassName(...)' for your own."
+        )
 
     def value(arg: ast.AST) -> Any:
         if isinstance(arg, ast.Call) or (isinstance(arg, ast.Name) and arg.id in known):
-            return _build(arg, text)
+            return _build(arg, text, known)
         try:
             return ast.literal_eval(arg)
         except ValueError:

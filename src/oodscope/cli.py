@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with the keys model, fit, id, ood {name: spec}, detectors [..], groups, out, scale, batch_size) "
         "and/or "
         "the flags, which take precedence. Data specs: mnist:test:0-4, fashion_mnist:test, or a .npz/.npy "
-        "file. Detectors: GEN(gamma=0.1), KNN(k=50), ReAct(GEN(), percentile=90).",
+        "file. Detectors: GEN(gamma=0.1), KNN(k=50), ReAct(GEN(), percentile=90), or one of your own as "
+        "mypkg.mymod:MyDetector(k=3) (its module must be importable).",
     )
     bench.add_argument("--config", help="JSON configuration file")
     bench.add_argument("--model", help="saved model (.keras/.h5 or .pt from oodscope's trainers)")
