@@ -695,7 +695,7 @@ class KerasBackend(Backend):
     def _torch_gradients(self, x: Any, loss: LossFn, want_input: bool, slots: tuple[int, ...]) -> Any:
         import torch
 
-        with torch.enable_grad():  # Keras on PyTorch records the forward unless told not to; make sure
+        with torch.enable_grad():  # also when the caller runs under torch.no_grad()
             if want_input:
                 x = keras.tree.map_structure(lambda leaf: leaf.detach().clone().requires_grad_(True), x)
             deltas: dict[int, Any] = {}
