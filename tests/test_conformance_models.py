@@ -84,8 +84,10 @@ def snapshot(model, backend: str, x) -> dict:
             "requires_grad": [p.requires_grad for p in model.parameters()],
             "grads": [p.grad is None for p in model.parameters()],
         }
+    import keras
+
     return {
-        "output": np.asarray(model(x, training=False)).copy(),
+        "output": keras.ops.convert_to_numpy(model(x, training=False)).copy(),
         "weights": [w.copy() for w in model.get_weights()],
         "layers": [(layer.name, type(layer).__name__) for layer in model.layers],
         "configs": [layer.get_config() for layer in model.layers],

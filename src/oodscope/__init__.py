@@ -8,6 +8,7 @@ from . import plots, training
 from ._version import __version__
 from .aggregation import FisherAggregator, MeanNormalizedAggregator, StdNormalizedAggregator
 from .bench import Report, TuneResult, evaluate, tune
+from .binding import BoundModel, bind
 from .data import OODDataset
 from .detectors import (
     DKNN,
@@ -37,12 +38,29 @@ from .detectors import (
 )
 from .extract import extract
 from .features import Features
-from .metrics import aupr_in, aupr_out, auroc, bench_metrics, detect_acc, fpr_at_tpr, tnr_at_tpr
+from .metrics import (
+    aupr_in,
+    aupr_out,
+    auroc,
+    bench_metrics,
+    detect_acc,
+    fpr_at_tpr,
+    roc_curve,
+    threshold_at_tpr,
+    tnr_at_tpr,
+)
+from .needs import Needs, Perturbation
 from .persistence import load
 from .shaping import ASH, SCALE, ReAct
 
 __all__ = [
     "__version__",
+    "BoundModel",
+    "Needs",
+    "Perturbation",
+    "bind",
+    "roc_curve",
+    "threshold_at_tpr",
     "DKNN",
     "KNN",
     "RMDS",
