@@ -18,8 +18,6 @@ from ._batches import check_batch_size
 
 __all__ = ["BoundModel", "bind"]
 
-#: the options a single call (``score(data, batch_size=...)``) may change for itself
-DATA_OPTIONS = ("batch_size", "input_key", "label_key", "progress")
 #: the options saved with a fitted detector (functions and display choices are not)
 SAVED_OPTIONS = ("feature_layers_id", "head_layer_id", "batch_size", "input_key", "label_key")
 

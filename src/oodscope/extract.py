@@ -22,6 +22,7 @@ import numpy as np
 from ._batches import count_batches, count_rows, iter_batches, note_failed_batch, to_numpy
 from .backends import INPUT, Backend, HeadNotLinearError, get_backend
 from .features import Features
+from .needs import layer_tuple
 
 __all__ = ["extract", "global_average_pool", "run_pass"]
 
@@ -41,14 +42,6 @@ def global_average_pool(values: np.ndarray, channels_last: bool = False) -> np.n
         return values
     axes = tuple(range(1, values.ndim - 1)) if channels_last else tuple(range(2, values.ndim))
     return values.mean(axis=axes)
-
-
-def _layer_list(feature_layers_id: Any) -> list[Hashable]:
-    if feature_layers_id is None:
-        return []
-    if isinstance(feature_layers_id, (str, int)):
-        return [feature_layers_id]
-    return list(feature_layers_id)
 
 
 def _postproc_map(postproc_fns: Any, layer_ids: Sequence[Hashable]) -> dict[Hashable, PostprocFn | None]:
@@ -233,7 +226,7 @@ def extract(
         postproc_fns=postproc_fns,
         **pass_options,
     )
-    layer_ids = _layer_list(bound.feature_layers_id)
+    layer_ids = list(layer_tuple(bound.feature_layers_id))
     postproc = _postproc_map(bound.postproc_fns, layer_ids)
     return run_pass(bound, data, layer_ids, postproc, with_head=with_head)
 

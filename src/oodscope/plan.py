@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .extract import _layer_list, _postproc_map, global_average_pool, run_pass
+from .extract import _postproc_map, global_average_pool, run_pass
 from .features import Features
-from .needs import Needs, same_function_key
+from .needs import Needs, layer_tuple, same_function_key
 
 __all__ = ["Plan"]
 
@@ -161,7 +161,7 @@ class Plan:
             if isinstance(bound.postproc_fns, Mapping):
                 self._user = dict(bound.postproc_fns)
             else:
-                self._user = _postproc_map(bound.postproc_fns, _layer_list(bound.feature_layers_id))
+                self._user = _postproc_map(bound.postproc_fns, layer_tuple(bound.feature_layers_id))
 
     def add(self, name: str, needs: Needs) -> None:
         """Register detector ``name`` with its needs (the layers already chosen, see ``Detector.needs``)."""

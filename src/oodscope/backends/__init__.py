@@ -22,6 +22,7 @@ A backend declares in ``provides`` which optional primitives it has (``"edits"``
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -207,37 +208,54 @@ class Backend:
         raise NotImplementedError
 
 
-_BACKENDS = {
-    "torch": ("oodscope.backends.torch", "TorchBackend"),
-    "keras": ("oodscope.backends.keras", "KerasBackend"),
-}
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """A kind of model oodscope can run: how to recognise one (without importing its framework) and which
+    backend runs it. Supporting a new kind of model is one backend module plus one entry in
+    :data:`MODEL_KINDS`."""
+
+    name: str
+    recognises: Callable[[Any], bool]
+    module: str
+    backend: str
+
+
+def _defined_in(obj: Any, *roots: str) -> bool:
+    return any((klass.__module__ or "").split(".")[0] in roots for klass in type(obj).__mro__)
+
+
+def _is_keras(obj: Any) -> bool:
+    return _defined_in(obj, "keras", "tf_keras") or any(
+        (klass.__module__ or "").startswith("tensorflow") and "keras" in klass.__module__
+        for klass in type(obj).__mro__
+    )
+
+
+#: the kinds of model, tried in order
+MODEL_KINDS: list[ModelKind] = [
+    ModelKind("torch", lambda obj: _defined_in(obj, "torch"), "oodscope.backends.torch", "TorchBackend"),
+    ModelKind("keras", _is_keras, "oodscope.backends.keras", "KerasBackend"),
+]
 
 
 def framework_of(obj: Any) -> str | None:
-    """``"torch"``, ``"keras"`` or None, from the modules that define the object's class hierarchy.
+    """The name of the :data:`MODEL_KINDS` entry that recognises ``obj`` (``"torch"``, ``"keras"``), or None.
 
     Reads only ``type(obj).__mro__``, so no framework is imported to answer.
     """
-    for klass in type(obj).__mro__:
-        root = (klass.__module__ or "").split(".")[0]
-        if root == "torch":
-            return "torch"
-        if root in ("keras", "tf_keras") or (root == "tensorflow" and "keras" in klass.__module__):
-            return "keras"
-    return None
+    return next((kind.name for kind in MODEL_KINDS if kind.recognises(obj)), None)
 
 
 def get_backend(model: Any) -> type[Backend]:
-    """The backend class for ``model``'s framework, imported on first use."""
-    framework = framework_of(model)
-    if framework is None:
+    """The backend class for ``model``'s kind, imported on first use."""
+    kind = next((kind for kind in MODEL_KINDS if kind.recognises(model)), None)
+    if kind is None:
         raise TypeError(
             f"oodscope cannot run a model of type {type(model).__module__}.{type(model).__qualname__}: "
             "expected a torch.nn.Module or a keras.Model. To score precomputed outputs, wrap them in "
             "oodscope.Features(logits=..., layers={...}) and pass that instead of a model."
         )
-    module_name, class_name = _BACKENDS[framework]
-    return getattr(importlib.import_module(module_name), class_name)
+    return getattr(importlib.import_module(kind.module), kind.backend)
 
 
 def require(module: str, extra: str) -> Any:

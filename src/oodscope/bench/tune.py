@@ -221,25 +221,28 @@ def tune(
             scores, per_set, error = {}, dict.fromkeys(oods), errors_before.get(name)
             if name not in session.failed:
                 start = time.perf_counter()
-                if not candidate._needs_fit() or session.fit(name, views["fit"][name]):
-                    fit_s = time.perf_counter() - start
+                fitted = not candidate._needs_fit() or session.fit(name, views["fit"][name])
+                fit_s = time.perf_counter() - start if fitted else None
+                if fitted:
                     start = time.perf_counter()
                     scores = {key: session.score(name, key, views[key][name]) for key in ("id", *oods)}
                     score_s = time.perf_counter() - start
-                try:
-                    if name in session.failed or any(result is None for result in scores.values()):
-                        raise RuntimeError(session.errors[-1]["error"])
-                    per_set = {
-                        key: bench_metrics((scores["id"], scores[key]), metrics=[metric])[metric]
-                        for key in oods
-                    }
-                    value = float(np.mean(list(per_set.values())))
-                except Exception as failure:
-                    if session.raise_errors:
-                        raise
-                    error = str(failure) if isinstance(failure, RuntimeError) else describe_error(failure)
-                    log.warning("Candidate %s of %r failed: %s", params, detector, error)
-                    scores, per_set, value = {}, dict.fromkeys(oods), None
+                if fitted and all(result is not None for result in scores.values()):
+                    try:
+                        per_set = {
+                            key: bench_metrics((scores["id"], scores[key]), metrics=[metric])[metric]
+                            for key in oods
+                        }
+                        value = float(np.mean(list(per_set.values())))
+                    except ValueError as failure:  # e.g. non-finite scores
+                        if session.raise_errors:
+                            raise
+                        error = describe_error(failure)
+                else:
+                    error = session.errors[-1]["error"]  # what fit or score recorded
+            if error is not None:
+                log.warning("Candidate %s of %r failed: %s", params, detector, error)
+                scores, per_set = {}, dict.fromkeys(oods)
             row: dict[str, Any] = {**params, "rank": None, metric: value}
             if len(oods) > 1:
                 row.update({f"{metric}:{key}": per_set[key] for key in oods})

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from .._batches import as_labels, is_array_like
+from ..backends.data import TF_DATASET
 from ._common import (
     SGD_MOMENTUM,
     check_training_args,
@@ -142,7 +143,7 @@ def train_tf_model(
         model = build_model(model, input_shape, num_classes)
     if dataset is not None:
         dataset = train_data = _batched(dataset, model, batch_size, "train_data")
-    if _is_tf_dataset(validation_data):
+    if TF_DATASET.recognises(validation_data):
         validation_data = _batched(validation_data, model, batch_size, "validation_data")
     if from_logits is None:
         from_logits = not _outputs_probabilities(model)
@@ -226,13 +227,9 @@ def load_tf_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def _is_tf_dataset(data: Any) -> bool:
-    return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
-
-
 def _split_train_data(train_data: Any) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
     """``(x, y, None)`` for arrays, ``(None, None, dataset)`` for tf.data, ``(None, None, None)`` else."""
-    if _is_tf_dataset(train_data):
+    if TF_DATASET.recognises(train_data):
         spec = train_data.element_spec
         if not isinstance(spec, tuple) or len(spec) < 2:
             raise ValueError(

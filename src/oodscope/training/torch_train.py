@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._batches import as_labels, count_batches, is_array_like, iter_batches
+from ..backends.data import TORCH_MAP_DATASET
 from ._common import SGD_MOMENTUM, check_model_name, check_training_args, lr_factor, resolve_save_path
 from .torch_models import architecture_of, build_model
 
@@ -275,12 +276,6 @@ def load_torch_model(
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def _is_torch_map_dataset(data: Any) -> bool:
-    return isinstance(data, torch.utils.data.Dataset) and not isinstance(
-        data, torch.utils.data.IterableDataset
-    )
-
-
 class _Batches:
     """Re-iterable ``(x, y)`` batches from the accepted data forms; shuffles arrays and map datasets."""
 
@@ -296,7 +291,7 @@ class _Batches:
             self._loader: Any = torch.utils.data.DataLoader(
                 dataset, batch_size=batch_size, shuffle=shuffle, pin_memory=pin_memory
             )
-        elif _is_torch_map_dataset(data):
+        elif TORCH_MAP_DATASET.recognises(data):
             self._loader = torch.utils.data.DataLoader(
                 data, batch_size=batch_size, shuffle=shuffle, pin_memory=pin_memory
             )
