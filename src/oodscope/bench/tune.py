@@ -189,6 +189,7 @@ def tune(
     oods = as_named(ood_val, "ood")
     layers = dict.fromkeys(named, feature_layers_id)
     session = Session(model, named, layers, errors, **pass_options)
+    del named  # the session holds the candidates, and lets each go once scored
     if session.live(learning=True) and fit_data is None:
         raise ValueError(f"{type(detector).__name__} learns from in-distribution data: give fit_data.")
     # every candidate's views of every dataset, from the fewest passes (candidates differ only in their
@@ -207,7 +208,7 @@ def tune(
     best: tuple[float, int, Detector] | None = None
     sign = 1.0 if direction else -1.0
     bar = tqdm(
-        named,
+        list(session.detectors),
         desc="tune",
         unit="candidate",
         disable=progress is False,
@@ -216,42 +217,18 @@ def tune(
     )
     with sharing():  # candidates share shaping work (e.g. the clip value of ReActs around several detectors)
         for name in bar:
-            index, candidate, params = int(name), named[name], candidates[int(name)]
-            fit_s = score_s = value = None
-            scores, per_set, error = {}, dict.fromkeys(oods), errors_before.get(name)
-            if name not in session.failed:
-                start = time.perf_counter()
-                fitted = not candidate._needs_fit() or session.fit(name, views["fit"][name])
-                fit_s = time.perf_counter() - start if fitted else None
-                if fitted:
-                    start = time.perf_counter()
-                    scores = {key: session.score(name, key, views[key][name]) for key in ("id", *oods)}
-                    score_s = time.perf_counter() - start
-                if fitted and all(result is not None for result in scores.values()):
-                    try:
-                        per_set = {
-                            key: bench_metrics((scores["id"], scores[key]), metrics=[metric])[metric]
-                            for key in oods
-                        }
-                        value = float(np.mean(list(per_set.values())))
-                    except ValueError as failure:  # e.g. non-finite scores
-                        if session.raise_errors:
-                            raise
-                        error = describe_error(failure)
-                else:
-                    error = session.errors[-1]["error"]  # what fit or score recorded
-            if error is not None:
-                log.warning("Candidate %s of %r failed: %s", params, detector, error)
-                scores, per_set = {}, dict.fromkeys(oods)
-            row: dict[str, Any] = {**params, "rank": None, metric: value}
-            if len(oods) > 1:
-                row.update({f"{metric}:{key}": per_set[key] for key in oods})
-            row.update({"fit_s": fit_s, "score_s": score_s, "error": error})
-            table.append(row)
+            index, params = int(name), candidates[int(name)]
+            candidate = session.detectors[name]
+            row, scores, value = _run_candidate(session, name, candidate, views, oods, metric)
+            del session.detectors[name]  # only the best fitted candidate is kept (below)
+            if row["error"] is None and name in errors_before:
+                row["error"] = errors_before[name]
+            if row["error"] is not None:
+                log.warning("Candidate %s of %r failed: %s", params, detector, row["error"])
+            table.append({**params, "rank": None, metric: value, **row})
             kept_scores.append(scores if keep_scores else {})
             if value is not None and (best is None or sign * value > sign * best[0]):
                 best = (value, index, candidate)
-            named[name] = None  # only the best fitted candidate is kept
     if best is None:
         first = next(row["error"] for row in table)
         raise RuntimeError(f"Every candidate failed; the first error: {first}")
@@ -267,6 +244,38 @@ def tune(
         scores=kept_scores if keep_scores else None,
         timings=dict(session.timings["extract"]),
     )
+
+
+def _run_candidate(
+    session: Session, name: str, candidate: Detector, views: dict, oods: dict, metric: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray], float | None]:
+    """Fit and score one candidate on its views: ``(row, scores, value)``; the row holds the per-set
+    metric (with several OOD sets), ``fit_s``, ``score_s`` and ``error``."""
+    fit_s = score_s = value = None
+    scores: dict[str, Any] = {}
+    per_set: dict[str, Any] = dict.fromkeys(oods)
+    error = None
+    if name not in session.failed:  # else its error was recorded before any pass
+        start = time.perf_counter()
+        if not candidate._needs_fit() or session.fit(name, views["fit"][name]):
+            fit_s = time.perf_counter() - start
+            start = time.perf_counter()
+            scores = {key: session.score(name, key, views[key][name]) for key in ("id", *oods)}
+            score_s = time.perf_counter() - start
+        if fit_s is None or any(result is None for result in scores.values()):
+            error, scores = session.errors[-1]["error"], {}  # what fit or score recorded
+        else:
+            try:
+                per_set = {
+                    key: bench_metrics((scores["id"], scores[key]), metrics=[metric])[metric] for key in oods
+                }
+                value = float(np.mean(list(per_set.values())))
+            except ValueError as failure:  # e.g. non-finite scores
+                if session.raise_errors:
+                    raise
+                error, scores, per_set = describe_error(failure), {}, dict.fromkeys(oods)
+    row = {f"{metric}:{key}": per_set[key] for key in oods} if len(oods) > 1 else {}
+    return {**row, "fit_s": fit_s, "score_s": score_s, "error": error}, scores, value
 
 
 def _check_params_took(candidate: Detector, params: Mapping[str, Any]) -> None:
