@@ -124,3 +124,16 @@ def test_odin_agrees_between_torch_and_keras_with_the_same_weights():
     np.testing.assert_allclose(from_keras.scores, from_torch.scores, rtol=1e-4)
     plain = ODIN(temperature=10.0, eps=0.0).fit(net).score(x).info["logits"]
     assert np.abs(from_torch.info["logits"] - plain).max() > 1e-3, "the perturbation moved the logits"
+
+
+def test_a_perturbation_moves_every_input_of_a_model_along_its_own_gradient():
+    from oodscope import Perturbation
+
+    move = Perturbation(loss=None, step=0.1)
+    x = {"image": np.ones((2, 3), np.float32), "extra": np.zeros((2, 1))}
+    grad = {"image": np.array([[1.0, -2.0, 0.0]] * 2), "extra": np.array([[-5.0], [3.0]])}
+    moved = move.apply(x, grad)
+    np.testing.assert_allclose(moved["image"], [[0.9, 1.1, 1.0]] * 2, rtol=1e-6)
+    assert moved["image"].dtype == np.float32 and moved["extra"].tolist() == [[0.1], [-0.1]]
+    pair = move.apply((x["image"], x["extra"]), (grad["image"], grad["extra"]))
+    assert isinstance(pair, tuple) and np.array_equal(pair[1], moved["extra"])

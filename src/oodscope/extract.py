@@ -269,7 +269,7 @@ def run_pass(
             if perturbation is None:
                 batch_logits, activations = runner.run_batch(inputs)
             else:
-                x = to_numpy(inputs)
+                x = _numpy_inputs(inputs)
                 _, _, gradients = runner.gradients(x, perturbation.loss, (INPUT,))
                 batch_logits, activations = runner.run_batch(perturbation.apply(x, gradients[INPUT]))
             logits.add(batch_logits)
@@ -292,6 +292,15 @@ def run_pass(
         head_bias=None if head is None else head[1],
         perturbation=perturbation,
     )
+
+
+def _numpy_inputs(inputs: Any) -> Any:
+    """The batch's inputs as numpy (a structure of arrays for a model with several inputs)."""
+    if isinstance(inputs, Mapping):
+        return {key: to_numpy(value) for key, value in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(to_numpy(value) for value in inputs)
+    return to_numpy(inputs)
 
 
 def _reduce(layer_id: Hashable, values: np.ndarray, fn: PostprocFn | None, runner: Backend) -> np.ndarray:

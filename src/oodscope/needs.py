@@ -38,8 +38,18 @@ class Perturbation:
     loss: Hashable
     step: float
 
-    def apply(self, x: np.ndarray, gradient: np.ndarray) -> np.ndarray:
-        """The moved inputs, in the inputs' precision."""
+    def apply(self, x: Any, gradient: Any) -> Any:
+        """The moved inputs, in the inputs' precision; a model with several inputs gives a list, tuple or
+        dict of arrays, and each is moved along its own gradient.
+
+        >>> Perturbation(loss=None, step=0.5).apply(np.array([1.0, 2.0]), np.array([3.0, -0.0]))
+        array([0.5, 2. ])
+        """
+        if isinstance(x, Mapping):
+            return {key: self.apply(value, gradient[key]) for key, value in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(self.apply(value, grad) for value, grad in zip(x, gradient, strict=True))
+        x = np.asarray(x)
         return (x - self.step * np.sign(gradient)).astype(x.dtype, copy=False)
 
 
