@@ -137,3 +137,18 @@ def test_a_perturbation_moves_every_input_of_a_model_along_its_own_gradient():
     assert moved["image"].dtype == np.float32 and moved["extra"].tolist() == [[0.1], [-0.1]]
     pair = move.apply((x["image"], x["extra"]), (grad["image"], grad["extra"]))
     assert isinstance(pair, tuple) and np.array_equal(pair[1], moved["extra"])
+
+
+def test_a_backend_without_gradients_names_itself_and_the_detector(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from oodscope.backends import UnsupportedError
+    from oodscope.backends.torch import TorchBackend
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    monkeypatch.setattr(TorchBackend, "provides", frozenset())  # as an ONNX Runtime session would be
+    with pytest.raises(
+        UnsupportedError, match=r"torch backend \(TorchBackend\) does not provide gradients.*ODIN"
+    ):
+        ODIN(eps=0.01).fit(model)
+    x = np.zeros((4, 1, 3, 4), np.float32)
+    assert ODIN(eps=0.0).fit(model).score(x).scores.shape == (4,)  # a plain pass needs no gradients

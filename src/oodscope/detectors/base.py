@@ -159,7 +159,7 @@ class Detector(LearnedState):
                 "data the model was trained on (or held-out ID data)."
             )
         else:
-            self._fit_features(self._plan(bound).features(fit_data, "fit")["self"])
+            self._fit_features(self._plan(bound).features(fit_data, "fit")[repr(self)])
         self._bound = bound
         return self
 
@@ -167,7 +167,7 @@ class Detector(LearnedState):
         from ..plan import Plan
 
         plan = Plan(bound, strict=True)
-        plan.add("self", self.needs(bound.feature_layers_id))
+        plan.add(repr(self), self.needs(bound.feature_layers_id))
         return plan
 
     def score(
@@ -205,7 +205,7 @@ class Detector(LearnedState):
         bound = self._bound.replace(
             batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress
         )
-        return self._score_features(self._plan(bound).features(data, "score")["self"])
+        return self._score_features(self._plan(bound).features(data, "score")[repr(self)])
 
     def _fit_features(self, features: Features) -> Detector:
         self._validate_params()
