@@ -231,10 +231,11 @@ def _is_keras(obj: Any) -> bool:
     )
 
 
-#: the kinds of model, tried in order
+#: the kinds of model, tried in order, the more specific first: a Keras model on the torch backend of Keras
+#: is a torch ``nn.Module`` too, and must be run by the Keras backend
 MODEL_KINDS: list[ModelKind] = [
-    ModelKind("torch", lambda obj: _defined_in(obj, "torch"), "oodscope.backends.torch", "TorchBackend"),
     ModelKind("keras", _is_keras, "oodscope.backends.keras", "KerasBackend"),
+    ModelKind("torch", lambda obj: _defined_in(obj, "torch"), "oodscope.backends.torch", "TorchBackend"),
 ]
 
 
