@@ -16,7 +16,7 @@ def test_odin_score_is_temperature_scaled_msp():
 
 
 def test_features_cannot_be_perturbed():
-    with pytest.raises(ValueError, match=r"perturbed inputs .* come from a plain forward pass"):
+    with pytest.raises(ValueError, match=r"a forward pass with inputs moved by .* from a plain forward"):
         ODIN().score(Features(logits=np.zeros((2, 3))))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from ._batches import count_batches, count_rows, iter_batches, note_failed_batch, to_numpy
 from .backends import INPUT, Backend, HeadNotLinearError, get_backend
 from .features import Features
-from .needs import layer_tuple
+from .needs import GradientOf, PassKind, layer_tuple
 
 __all__ = ["extract", "global_average_pool", "run_pass"]
 
@@ -73,6 +73,7 @@ def model_pass(
     label_key: str | None = None,
     progress: bool | None = None,
     description: str = "oodscope",
+    edits: Mapping[Hashable, Any] | None = None,
 ) -> Iterator[tuple[Backend, Iterator[tuple[Any, np.ndarray | None]]]]:
     """Open one pass of ``model`` over ``data``: yields the backend and the batch iterator.
 
@@ -82,7 +83,7 @@ def model_pass(
     """
     from tqdm.auto import tqdm
 
-    runner = get_backend(model).for_pass(model, list(layer_ids), head_layer_id)
+    runner = get_backend(model).for_pass(model, list(layer_ids), head_layer_id, edits or None)
     batches = iter_batches(data, batch_size, input_key, label_key)
     bar = tqdm(
         batches,
@@ -238,18 +239,22 @@ def run_pass(
     postproc: Mapping[Hashable, PostprocFn | None],
     *,
     with_head: bool | None = None,
-    perturbation: Any = None,
+    kind: PassKind | None = None,
+    wrt: Sequence[Hashable] = (),
     description: str = "extract",
 ) -> Features:
     """One pass of a :class:`~oodscope.BoundModel` over ``data``: the engine behind :func:`extract` and the
     planner (:mod:`oodscope.plan`).
 
-    ``postproc`` maps layer ids to ``fn(raw_batch) -> [B, D]`` (missing or None: global average pooling).
-    With a :class:`~oodscope.needs.Perturbation`, each batch is first moved against the gradient of its loss
-    (a forward and a backward pass), and the Features are those of the moved inputs (a second forward).
+    ``layer_ids`` are the keys of the Features' layers: layer ids and, in a pass that differentiates a loss,
+    ``GradientOf(target)`` for targets in ``wrt``. ``postproc`` maps them to ``fn(raw_batch) -> [B, D]``
+    (missing or None: global average pooling). The :class:`~oodscope.needs.PassKind` says what else the pass
+    does, batch by batch: move the inputs against the gradient of a loss first (a forward and a backward
+    pass), run the forward with edits, and differentiate a loss in the forward that gives the Features.
     """
-    if perturbation is not None:
-        bound.backend.require("gradients", f"an input perturbation ({perturbation})")
+    kind = kind or PassKind()
+    taps = [key for key in layer_ids if not isinstance(key, GradientOf)]
+    taps += [target for target in wrt if target != INPUT and target not in taps]
     rows = count_rows(data)
     logits, labels = _Columns(rows), _Columns(rows)
     layers = {layer_id: _Columns(rows) for layer_id in layer_ids}
@@ -257,21 +262,28 @@ def run_pass(
     with model_pass(
         bound.model,
         data,
-        layer_ids,
+        taps,
         bound.head_layer_id,
         batch_size=bound.batch_size,
         input_key=bound.input_key,
         label_key=bound.label_key,
         progress=bound.progress,
         description=description,
+        edits=dict(kind.edits),
     ) as (runner, stream):
+        if kind.perturbation is not None or kind.loss is not None:
+            runner.require("gradients", f"{kind}")
         for inputs, batch_labels in stream:
-            if perturbation is None:
-                batch_logits, activations = runner.run_batch(inputs)
-            else:
+            x = inputs
+            if kind.perturbation is not None:
                 x = _numpy_inputs(inputs)
-                _, _, gradients = runner.gradients(x, perturbation.loss, (INPUT,))
-                batch_logits, activations = runner.run_batch(perturbation.apply(x, gradients[INPUT]))
+                _, _, gradients = runner.gradients(x, kind.perturbation.loss, (INPUT,))
+                x = kind.perturbation.apply(x, gradients[INPUT])
+            if kind.loss is None:
+                batch_logits, activations = runner.run_batch(x)
+            else:
+                batch_logits, activations, gradients = runner.gradients(x, kind.loss, tuple(wrt))
+                activations.update({GradientOf(target): value for target, value in gradients.items()})
             logits.add(batch_logits)
             for layer_id in layer_ids:
                 layers[layer_id].add(_reduce(layer_id, activations[layer_id], postproc.get(layer_id), runner))
@@ -290,7 +302,7 @@ def run_pass(
         labels=labels.result() if batches_with_labels else None,
         head_weight=None if head is None else head[0],
         head_bias=None if head is None else head[1],
-        perturbation=perturbation,
+        pass_kind=None if kind == PassKind() else kind,
     )
 
 

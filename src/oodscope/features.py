@@ -38,10 +38,11 @@ class Features:
         ``Dense`` kernel is its transpose).
     head_bias : array of shape [C], optional
         Bias of the final linear layer; zeros when ``head_weight`` is given without it.
-    perturbation : Perturbation, optional
-        Set when the arrays come from a forward pass over perturbed inputs (see
-        :class:`~oodscope.needs.Perturbation`, e.g. ODIN's); None for a plain forward pass. A detector that
-        needs a perturbed pass checks it, so plain Features cannot be scored by mistake.
+    pass_kind : PassKind, optional
+        Set when the arrays come from another pass than the plain forward pass: over perturbed inputs (ODIN),
+        with edited layers, or with gradients (see :class:`~oodscope.needs.PassKind`); None for a plain
+        pass. A detector checks that its Features come from the kind of pass it needs, so plain Features
+        cannot be scored by mistake.
 
     At least one of ``logits`` and ``layers`` must be given. Arrays are kept as given (no copy) except that
     integer arrays are converted to float; the container never modifies them.
@@ -65,7 +66,7 @@ class Features:
     labels: np.ndarray | None = None
     head_weight: np.ndarray | None = None
     head_bias: np.ndarray | None = None
-    perturbation: Any = None
+    pass_kind: Any = None
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # the dataclass is frozen; normalise once, here
@@ -185,7 +186,7 @@ class Features:
             labels=None if self.labels is None else self.labels[indices],
             head_weight=self.head_weight,
             head_bias=self.head_bias,
-            perturbation=self.perturbation,
+            pass_kind=self.pass_kind,
         )
 
     def __repr__(self) -> str:
@@ -198,8 +199,8 @@ class Features:
             parts.append(f"labels={self.labels.shape}")
         if self.head_weight is not None:
             parts.append(f"head_weight={self.head_weight.shape}")
-        if self.perturbation is not None:
-            parts.append(f"perturbation={self.perturbation!r}")
+        if self.pass_kind is not None:
+            parts.append(f"pass_kind={self.pass_kind}")
         return f"Features(n={len(self)}, " + ", ".join(parts) + ")"
 
 

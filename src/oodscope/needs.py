@@ -5,9 +5,13 @@ a planner (:mod:`oodscope.plan`) runs the fewest passes that give every detector
 one plain pass per dataset for everything that can share it, and one perturbed pass per dataset for the
 detectors that perturb the input the same way (ODIN-like methods sharing a loss and a step)::
 
-    ODIN(temperature=1000, eps=0.0014).needs()
-    # Needs(layers=(), head=False, perturbation=Perturbation(loss=PredictedClassCE(temperature=1000.0),
-    #       step=0.0014), reductions={})
+    ODIN(temperature=1000, eps=0.0014).needs().kind()
+    # PassKind(perturbation=Perturbation(loss=PredictedClassCE(temperature=1000.0), step=0.0014), ...)
+
+Besides layers and the head's weights, a detector may need the inputs moved along a gradient first
+(:class:`Perturbation`), edits of layers inside the forward (``Needs.edits``) and gradients of a loss with
+respect to layer outputs (:class:`Gradient`, read as ``features.layer(GradientOf(layer))``). Detectors whose
+needs have the same :class:`PassKind` share one pass.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Needs", "Perturbation"]
+__all__ = ["Gradient", "GradientOf", "Needs", "PassKind", "Perturbation"]
 
 #: ``reduce(raw_activation_batch, channels_last) -> [B, D]``: a detector's own post-processing of a layer
 Reduction = Callable[..., np.ndarray]
@@ -54,6 +58,50 @@ class Perturbation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Gradient:
+    """Gradients of ``loss(logits, ops)`` with respect to layer outputs (or the input, ``backends.INPUT``),
+    read as features: the gradient of target ``t`` is the layer ``GradientOf(t)`` of the Features, reduced
+    like an activation (global average pooling unless a reduction is given for ``GradientOf(t)``).
+
+    Detectors with the same loss share one gradient pass; each batch costs a forward and a backward pass.
+    """
+
+    loss: Hashable
+    wrt: tuple[Hashable, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientOf:
+    """The key of a gradient in :attr:`Features.layers <oodscope.Features.layers>`:
+    ``features.layer(GradientOf("penultimate"))``."""
+
+    target: Hashable
+
+
+@dataclasses.dataclass(frozen=True)
+class PassKind:
+    """What makes two passes different: detectors of the same kind share one pass per dataset.
+
+    ``perturbation``: the inputs are moved first; ``edits``: ``(layer, fn)`` pairs applied inside the forward;
+    ``loss``: the loss a gradient pass differentiates. ``PassKind()`` is the plain forward pass.
+    """
+
+    perturbation: Perturbation | None = None
+    edits: frozenset = frozenset()
+    loss: Hashable = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.perturbation is not None:
+            parts.append(f"inputs moved by {self.perturbation}")
+        if self.edits:
+            parts.append(f"edits of {sorted(repr(layer) for layer, _ in self.edits)}")
+        if self.loss is not None:
+            parts.append(f"gradients of {self.loss!r}")
+        return "a forward pass with " + ", ".join(parts) if parts else "a plain forward pass"
+
+
+@dataclasses.dataclass(frozen=True)
 class Needs:
     """What one detector reads from a model pass.
 
@@ -64,20 +112,50 @@ class Needs:
     head : bool
         Whether it needs the head's weights (W, b).
     perturbation : Perturbation or None
-        None: a plain forward pass. Else the Features must come from inputs perturbed this way.
+        None: the inputs as given. Else the Features must come from inputs perturbed this way.
+    edits : mapping of layer id to function
+        ``{layer: edit(tensor, ops)}`` applied to the layers' outputs inside the forward (see
+        :class:`oodscope.backends.Backend`); the logits and layers read come from the edited forward. The
+        functions must be hashable (plain functions are, by identity) and the same objects every time, so
+        that detectors with the same edits share a pass.
+    gradient : Gradient or None
+        Gradients of a loss read as features (``GradientOf(target)``).
     reductions : mapping of layer id to function
-        The detector's own post-processing of some of its layers, ``fn(values, channels_last)`` on the raw
-        activation batch (e.g. Gram's statistics); the user's ``postproc_fns`` take precedence.
+        The detector's own post-processing of some of its layers (``GradientOf`` keys too),
+        ``fn(values, channels_last)`` on the raw batch (e.g. Gram's statistics); the user's ``postproc_fns``
+        take precedence.
     """
 
     layers: tuple[Hashable, ...] = ()
     head: bool = False
     perturbation: Perturbation | None = None
+    edits: Mapping[Hashable, Callable] = dataclasses.field(default_factory=dict)
+    gradient: Gradient | None = None
     reductions: Mapping[Hashable, Reduction] = dataclasses.field(default_factory=dict)
 
     def with_layers(self, layers: Any) -> Needs:
         """The same needs reading ``layers`` instead (a user's override)."""
         return dataclasses.replace(self, layers=layer_tuple(layers))
+
+    def kind(self) -> PassKind:
+        """The kind of pass these needs are served by."""
+        return PassKind(
+            perturbation=self.perturbation,
+            edits=frozenset(self.edits.items()),
+            loss=None if self.gradient is None else self.gradient.loss,
+        )
+
+    def keys(self) -> tuple[Hashable, ...]:
+        """The keys it reads from ``Features.layers``: its layers, then ``GradientOf`` of each target."""
+        targets = () if self.gradient is None else self.gradient.wrt
+        return self.layers + tuple(GradientOf(target) for target in targets)
+
+    def model_layers(self) -> tuple[Hashable, ...]:
+        """Every layer id the model must have for these needs (read, differentiated or edited)."""
+        targets = () if self.gradient is None else self.gradient.wrt
+        from .backends import INPUT  # the backends package imports no framework
+
+        return tuple(dict.fromkeys((*self.layers, *(t for t in targets if t != INPUT), *self.edits)))
 
 
 def layer_tuple(layers: Any) -> tuple[Hashable, ...]:

@@ -1,9 +1,10 @@
 """The planner: the fewest model passes that give every detector the Features it needs.
 
 Detectors declare their needs as data (:class:`~oodscope.needs.Needs`). A :class:`Plan` groups them by the
-kind of pass they need -- the plain forward pass, or a forward pass over inputs perturbed along the gradient
-of a loss (:class:`~oodscope.needs.Perturbation`) -- and runs each kind once per dataset: every layer that
-any detector of the group reads is extracted once, with every distinct post-processing of it side by side.
+kind of pass they need (:class:`~oodscope.needs.PassKind`) -- the plain forward pass; a forward pass over
+inputs perturbed along the gradient of a loss; one with edited layers; one that differentiates a loss -- and
+runs each kind once per dataset: every layer that any detector of the group reads is extracted once, with
+every distinct post-processing of it side by side, and every gradient target of the group's loss once.
 Each detector then gets exactly the :class:`~oodscope.Features` its own ``fit(model)`` / ``score(data)``
 would have seen (:meth:`Plan.features`). A single detector's ``fit`` and ``score`` use a plan of one; so do
 ``evaluate`` and ``tune`` with many.
@@ -21,7 +22,7 @@ import numpy as np
 
 from .extract import _postproc_map, global_average_pool, run_pass
 from .features import Features
-from .needs import Needs, layer_tuple, same_function_key
+from .needs import Needs, PassKind, layer_tuple, same_function_key
 
 __all__ = ["Plan"]
 
@@ -65,8 +66,9 @@ class _Stacked:
 class _Group:
     """The detectors that share one kind of pass, and what that pass extracts for them."""
 
-    def __init__(self, perturbation: Any) -> None:
-        self.perturbation = perturbation
+    def __init__(self, kind: PassKind) -> None:
+        self.kind = kind
+        self.wrt: list[Hashable] = []  # the gradient targets of all members
         self.fns: dict[Hashable, list[Any]] = {}  # layer -> distinct post-processings
         self.keys: dict[Hashable, list[Hashable]] = {}
         self.wants: dict[str, dict[Hashable, int]] = {}  # detector -> {layer: index of its post-processing}
@@ -74,7 +76,9 @@ class _Group:
 
     def add(self, name: str, needs: Needs, user: Mapping[Hashable, Any], channels_last: bool) -> None:
         wants = {}
-        for layer in needs.layers:
+        if needs.gradient is not None:
+            self.wrt += [target for target in needs.gradient.wrt if target not in self.wrt]
+        for layer in needs.keys():
             if layer in user:  # the user's choice wins, as in fit()
                 fn = user[layer]
             elif layer in needs.reductions:
@@ -104,8 +108,9 @@ class _Group:
             list(self.fns),
             postproc,
             with_head=(True if strict else None) if self.head else False,
-            perturbation=self.perturbation,
-            description=label if self.perturbation is None else f"{label} (perturbed)",
+            kind=self.kind,
+            wrt=self.wrt,
+            description=label if self.kind == PassKind() else f"{label} ({self.kind})",
         )
         blocks = {}
         for layer, values in features.layers.items():
@@ -118,7 +123,7 @@ class _Group:
             labels=features.labels,
             head_weight=features.head_weight,
             head_bias=features.head_bias,
-            perturbation=features.perturbation,
+            pass_kind=features.pass_kind,
         )
 
     def view(self, features: Features, name: str) -> Features:
@@ -128,7 +133,7 @@ class _Group:
             labels=features.labels,
             head_weight=features.head_weight,
             head_bias=features.head_bias,
-            perturbation=features.perturbation,
+            pass_kind=features.pass_kind,
         )
 
 
@@ -165,12 +170,16 @@ class Plan:
 
     def add(self, name: str, needs: Needs) -> None:
         """Register detector ``name`` with its needs (the layers already chosen, see ``Detector.needs``)."""
-        if self.bound is not None and needs.perturbation is not None:
-            self.bound.backend.require("gradients", f"{name} (its input perturbation)")
+        kind = needs.kind()
+        if self.bound is not None:
+            if kind.perturbation is not None or kind.loss is not None:
+                self.bound.backend.require("gradients", name)
+            if kind.edits:
+                self.bound.backend.require("edits", name)
         channels_last = False if self.bound is None else self.bound.backend.channels_last
-        group = self._groups.get(needs.perturbation)
+        group = self._groups.get(kind)
         if group is None:
-            group = self._groups[needs.perturbation] = _Group(needs.perturbation)
+            group = self._groups[kind] = _Group(kind)
         group.add(name, needs, self._user, channels_last)
         self._group_of[name] = group
 
@@ -201,21 +210,19 @@ class Plan:
             self._done.append((data, done))
         start, ran = time.perf_counter(), 0
         for group in dict.fromkeys(self._group_of[name] for name in wanted):
-            if group.perturbation not in done:
+            if group.kind not in done:
                 if self.bound is None:
                     raise TypeError(
                         f"The {label!r} data is a {type(data).__name__}, not oodscope.Features, and no model "
                         "was given to run over it: pass model=... or precomputed Features."
                     )
-                done[group.perturbation] = group.run(self.bound, data, label, self.strict)
+                done[group.kind] = group.run(self.bound, data, label, self.strict)
                 ran += 1
         seconds = time.perf_counter() - start if ran else 0.0  # data seen before costs nothing
         if timings is not None:
             timings[label] = timings.get(label, 0.0) + seconds
         log.info("%r: %d pass(es) in %.2f s.", label, ran, seconds)
-        return {
-            name: self._group_of[name].view(done[self._group_of[name].perturbation], name) for name in wanted
-        }
+        return {name: self._group_of[name].view(done[self._group_of[name].kind], name) for name in wanted}
 
     def forget(self, data: Any) -> None:
         """Drop the features kept for ``data``."""

@@ -112,6 +112,14 @@ class Ops:
     def stop_gradient(self, t: Any) -> Any:
         raise NotImplementedError
 
+    def minimum(self, t: Any, value: float) -> Any:
+        """Element-wise ``min(t, value)`` for a number ``value`` (e.g. clipping a layer in an edit)."""
+        raise NotImplementedError
+
+    def maximum(self, t: Any, value: float) -> Any:
+        """Element-wise ``max(t, value)`` for a number ``value``."""
+        raise NotImplementedError
+
 
 class Backend:
     """One pass of one model over batches: taps, edits and gradients. Subclassed once per framework.

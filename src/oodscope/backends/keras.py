@@ -131,6 +131,12 @@ class KerasOps(Ops):
     def stop_gradient(self, t: Any) -> Any:
         return keras.ops.stop_gradient(t)
 
+    def minimum(self, t: Any, value: float) -> Any:
+        return keras.ops.minimum(t, keras.ops.cast(value, t.dtype))
+
+    def maximum(self, t: Any, value: float) -> Any:
+        return keras.ops.maximum(t, keras.ops.cast(value, t.dtype))
+
 
 #: where a tensor of the graph is made: ("input", i) or ("op", id(operation), output index)
 _Site = tuple

@@ -69,6 +69,12 @@ class TorchOps(Ops):
     def stop_gradient(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach()
 
+    def minimum(self, t: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.clamp(t, max=value)
+
+    def maximum(self, t: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.clamp(t, min=value)
+
 
 class TorchBackend(Backend):
     """Run a ``torch.nn.Module`` over batches and capture the requested layers with forward hooks.

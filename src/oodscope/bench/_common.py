@@ -114,10 +114,10 @@ class Session:
             except (ValueError, TypeError) as error:
                 self.fail(name, "fit", None, error)
         if self.bound is not None:
-            wanted = list(dict.fromkeys(layer for need in needs.values() for layer in need.layers))
+            wanted = list(dict.fromkeys(layer for need in needs.values() for layer in need.model_layers()))
             bad = unreachable_layers(self.bound.model, wanted, self.bound.head_layer_id)
             for name, need in needs.items():
-                missing = [layer for layer in need.layers if layer in bad]
+                missing = [layer for layer in need.model_layers() if layer in bad]
                 if missing:
                     self.fail(name, "extract", None, bad[missing[0]])
         for name, need in needs.items():

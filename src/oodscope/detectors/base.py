@@ -26,7 +26,7 @@ import numpy as np
 
 from .._params import Constraint, validate_params
 from ..features import Features
-from ..needs import Needs, layer_tuple
+from ..needs import Needs, PassKind, layer_tuple
 
 __all__ = ["Detector", "NotFittedError", "ScoreResult", "clone", "REQUIREMENTS"]
 
@@ -114,7 +114,7 @@ class Detector(LearnedState):
         ``layers`` (a user's choice, e.g. ``fit(model, data, feature_layers_id=...)``) replaces the layers the
         detector reads by default: ``default_layers``, or the penultimate layer for a detector that requires
         ``"features"`` and names none. Methods whose needs depend on hyperparameters override this (a layer
-        hyperparameter, ODIN's perturbation, Gram's post-processing).
+        hyperparameter, ODIN's perturbation, Gram's post-processing, an edit or a gradient).
         """
         if layers is None:
             layers = self.default_layers or (("penultimate",) if "features" in self.requires else ())
@@ -366,15 +366,12 @@ class Detector(LearnedState):
         if missing:
             needs = "; ".join(REQUIREMENTS[key] for key in missing)
             raise ValueError(f"{name} needs {needs}, but the Features given to {stage}() have none.")
-        perturbation = self.needs(layers=()).perturbation  # () skips the layer logic of needs()
-        if perturbation != features.perturbation:
-            came = "a plain forward pass" if features.perturbation is None else repr(features.perturbation)
+        needed = self.needs(layers=()).kind()  # () skips the layer logic of needs()
+        given = PassKind() if features.pass_kind is None else features.pass_kind
+        if needed != given:
             raise ValueError(
-                f"{self!r} reads a forward pass over perturbed inputs ({perturbation!r}), but these Features "
-                f"come from {came}. Let it run the model: fit(model) and then score(data) (or evaluate / "
-                "tune with the model and raw data)."
-                if perturbation is not None
-                else f"{self!r} reads a plain forward pass, but these Features come from {came}."
+                f"{self!r} reads {needed}, but these Features come from {given}. Let it run the model: "
+                "fit(model) and then score(data) (or evaluate / tune with the model and raw data)."
             )
         return features
 

@@ -19,6 +19,7 @@ from .._params import InstanceOf, Interval
 from ..detectors.base import Detector, clone
 from ..detectors.energy import Energy
 from ..features import Features
+from ..needs import PassKind
 
 PENULTIMATE = "penultimate"
 
@@ -252,10 +253,11 @@ class _Shaping(Detector):
 
     def _inner(self) -> Detector:
         detector = Energy() if self.detector is None else self.detector
-        if detector.needs(layers=()).perturbation is not None:
+        kind = detector.needs(layers=()).kind()
+        if kind != PassKind():
             raise ValueError(
-                f"{type(self).__name__} cannot wrap {detector!r}, which reads a pass over perturbed inputs; "
-                "shaping acts on the penultimate features of a plain forward pass."
+                f"{type(self).__name__} cannot wrap {detector!r}, which reads {kind}; shaping acts on the "
+                "penultimate features of a plain forward pass."
             )
         return detector
 

@@ -1,0 +1,153 @@
+"""Needs as data: detectors that read gradients or an edited forward are served by the planner, on torch
+and on Keras (whichever Keras backend runs the tests), and share their passes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from oodscope import GEN, ODIN, Features, bind, evaluate, extract
+from oodscope.detectors import Detector
+from oodscope.detectors.energy import energy_score
+from oodscope.losses import KLToUniform, MaxLogit
+from oodscope.needs import Gradient, GradientOf, Needs, PassKind
+from oodscope.plan import Plan
+
+
+class GradientNorm(Detector):
+    """L1 norm of the gradient of KL(uniform || softmax) with respect to the penultimate features."""
+
+    requires = frozenset({"logits"})
+    needs_fit = False
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def needs(self, layers=None):
+        return dataclasses.replace(super().needs(layers), gradient=Gradient(KLToUniform(), ("penultimate",)))
+
+    def _score(self, features):
+        return self.scale * np.abs(features.layer(GradientOf("penultimate"))).sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """An edit: clip a layer's output from above, on any framework."""
+
+    value: float
+
+    def __call__(self, tensor, ops):
+        return ops.minimum(tensor, self.value)
+
+
+class ClippedEnergy(Detector):
+    """Energy of the logits of a forward whose penultimate features are clipped at ``value``."""
+
+    requires = frozenset({"logits"})
+    needs_fit = False
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def needs(self, layers=None):
+        return dataclasses.replace(super().needs(layers), edits={"penultimate": Clip(float(self.value))})
+
+    def _score(self, features):
+        return energy_score(features.logits)
+
+
+def torch_model():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    )
+    return model, np.random.default_rng(0).normal(size=(20, 1, 3, 4)).astype(np.float32)
+
+
+def keras_model():
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3, 4, 1))
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(hidden))
+    return model, np.random.default_rng(0).normal(size=(20, 3, 4, 1)).astype(np.float32)
+
+
+CASES = [torch_model, keras_model]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_a_gradient_need_gives_the_gradient_as_features(case):
+    model, x = case()
+    plain = extract(model, x, ["penultimate"], with_head=True)
+    p = np.exp(plain.logits - plain.logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    # d/dh of -mean_c log softmax(W h + b)_c is W^T (p - 1/C): by hand from the plain pass
+    expected = (p - 1.0 / p.shape[1]) @ plain.head_weight
+    result = GradientNorm(scale=2.0).fit(model).score(x, batch_size=7)
+    np.testing.assert_allclose(result.scores, 2.0 * np.abs(expected).sum(axis=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.info["logits"], plain.logits, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="reads a forward pass with gradients of KLToUniform"):
+        GradientNorm().score(plain)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_an_edit_need_gives_the_edited_forward(case):
+    model, x = case()
+    plain = extract(model, x, ["penultimate"], with_head=True)
+    clipped = np.minimum(plain.layer("penultimate"), 0.3) @ plain.head_weight.T + plain.head_bias
+    result = ClippedEnergy(value=0.3).fit(model).score(x)
+    np.testing.assert_allclose(result.info["logits"], clipped, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.scores, energy_score(clipped), rtol=1e-5)
+    assert np.abs(clipped - plain.logits).max() > 1e-2, "the edit changed the logits"
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_evaluate_serves_every_kind_of_need_from_one_pass_per_kind(case):
+    model, x = case()
+    detectors = {
+        "gen": GEN(),
+        "grad": GradientNorm(),
+        "grad x3": GradientNorm(scale=3.0),
+        "clip": ClippedEnergy(value=0.3),
+        "odin": ODIN(temperature=10.0, eps=0.01),
+    }
+    report = evaluate(model, None, x[:10], {"rest": x[10:]}, detectors, batch_size=5)
+    assert not report.errors
+    for name, detector in detectors.items():  # each as its own run would score
+        alone = detector.fit(model).score(x[10:], batch_size=5).scores
+        np.testing.assert_allclose(report.ood_scores[name]["rest"], alone, rtol=1e-6)
+    np.testing.assert_allclose(report.ood_scores["grad x3"]["rest"], 3 * report.ood_scores["grad"]["rest"])
+
+
+def test_the_plan_groups_detectors_by_the_kind_of_pass():
+    plan = Plan(None)
+    for name, detector in {
+        "gen": GEN(),
+        "msp-like": ODIN(eps=0.0),  # eps=0: the plain pass
+        "grad": GradientNorm(),
+        "grad x3": GradientNorm(scale=3.0),  # the same loss: the same gradient pass
+        "clip": ClippedEnergy(value=0.3),
+        "clip again": ClippedEnergy(value=0.3),  # equal edits (a frozen dataclass): the same pass
+        "clip other": ClippedEnergy(value=0.5),
+        "odin": ODIN(eps=0.01),
+    }.items():
+        plan.add(name, detector.needs())
+    assert plan.passes() == 5
+    assert Needs().kind() == PassKind() and str(PassKind()) == "a plain forward pass"
+
+
+def test_a_gradient_or_an_edit_of_a_missing_layer_is_an_error_before_any_pass():
+    model, x = torch_model()
+
+    class Broken(GradientNorm):
+        def needs(self, layers=None):
+            return dataclasses.replace(super().needs(layers), gradient=Gradient(MaxLogit(), ("nope",)))
+
+    report = evaluate(bind(model, batch_size=5), None, x, {"same": x}, [Broken(), GEN()])
+    assert [(e["detector"], e["stage"]) for e in report.errors] == [("Broken()", "extract")]
+    assert "no layer 'nope'" in report.errors[0]["error"]
+    assert isinstance(Features(logits=np.zeros((1, 2))).pass_kind, type(None))
