@@ -504,5 +504,5 @@ def test_keras_model():
         np.testing.assert_allclose(
             report.ood_scores[repr(detector)]["far"], detector.score(ood).scores, rtol=1e-12
         )
-    predictions = np.asarray(model(ind[0])).argmax(1)
+    predictions = keras.ops.convert_to_numpy(model(ind[0])).argmax(1)
     assert report.id_accuracy == pytest.approx(np.mean(predictions == ind[1]))
