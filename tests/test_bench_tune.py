@@ -184,3 +184,29 @@ def test_model_and_raw_data_run_once_per_dataset():
     expected = ODIN(eps=0.05).fit(model, batch_size=10).score(ood).scores
     np.testing.assert_allclose(odin.scores[1]["ood"], expected, rtol=1e-6)
     assert isinstance(odin, TuneResult) and torch is not None
+
+
+def test_the_best_candidate_and_evaluates_detectors_score_raw_data_with_the_model(tmp_path):
+    """The ship path: tune on raw data, then calibrate, save, load and predict on raw data."""
+    torch = pytest.importorskip("torch")
+    from oodscope import GEN, ReAct, evaluate, extract, load
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    rng = np.random.default_rng(0)
+    fit, ind, ood = (rng.normal(0, s, (40, 6)).astype(np.float32) for s in (1.0, 1.0, 3.0))
+    result = tune(ReAct(GEN()), {"percentile": [80, 90]}, fit, ind, ood, model=model)
+    detector = result.best_detector.calibrate(ind, tpr=0.9)  # raw data: the model comes with it
+    expected = detector.score(extract(model, ood, ["penultimate"])).scores
+    np.testing.assert_array_equal(detector.score(ood).scores, expected)
+    loaded = load(detector.save(tmp_path / "best.oodscope"), model=model)
+    np.testing.assert_array_equal(loaded.predict(ood), detector.predict(ood))
+    report = evaluate(model, fit, ind, {"ood": ood}, [GEN(), ReAct()])
+    np.testing.assert_array_equal(
+        report.detectors["ReAct()"].score(ood).scores, report.ood_scores["ReAct()"]["ood"]
+    )
+    # a detector fitted on Features, loaded with a model, scores raw data with the default pass options
+    on_features = ReAct().fit(extract(model, fit, ["penultimate"])).save(tmp_path / "f.oodscope")
+    np.testing.assert_array_equal(
+        load(on_features, model=model).score(ood).scores, report.ood_scores["ReAct()"]["ood"]
+    )

@@ -101,11 +101,11 @@ def load(path: str | Path, model: Any = None) -> Detector:
         raise DetectorFileError(f"{path} does not hold a detector.")
     detector._validate_params()
     if model is not None:
-        if options is None:
-            raise ValueError(f"{path} was fitted on Features, so it has no extraction options for a model.")
         from .binding import SAVED_OPTIONS, bind
 
-        detector._bound = bind(model, **{key: options[key] for key in SAVED_OPTIONS if key in options})
+        # a detector fitted on Features has no saved options: the model's own (or the defaults) apply
+        saved = {key: options[key] for key in SAVED_OPTIONS if key in options} if options else {}
+        detector._bound = bind(model, **saved)
     return detector
 
 

@@ -105,7 +105,7 @@ class Session:
         self.timings: dict[str, Any] = {"extract": {}, "fit": {}, "score": {}}
         self.bound = None if model is None else bind(model, **pass_options)
         self.plan = Plan(self.bound)
-        layers = dict(layers or {})
+        self.layers = layers = dict(layers or {})
         needs = {}
         for name, detector in self.detectors.items():
             try:
@@ -126,6 +126,14 @@ class Session:
                     self.plan.add(name, need)
                 except Exception as error:  # e.g. a backend without the gradients a perturbation needs
                     self.fail(name, "fit", None, error)
+
+    def bind(self, name: str) -> Detector:
+        """Detector ``name``, bound to the session's model and pass options (with the layers given for it), so
+        that it scores raw data too; as it is when the session has no model."""
+        detector = self.detectors[name]
+        if self.bound is not None:
+            detector._bound = self.bound.replace(feature_layers_id=self.layers.get(name))
+        return detector
 
     def live(self, learning: bool = False) -> list[str]:
         """The detectors that have not failed (only those that learn from data, with ``learning``)."""

@@ -214,7 +214,7 @@ def evaluate(
             for name, by_set in scores.items()
             if any(key in by_set for key in oods)
         },
-        detectors={name: det for name, det in detectors_.items() if name not in session.failed},
+        detectors={name: session.bind(name) for name in detectors_ if name not in session.failed},
         errors=session.errors,
         timings=session.timings,
     )

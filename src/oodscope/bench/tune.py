@@ -220,6 +220,7 @@ def tune(
             index, params = int(name), candidates[int(name)]
             candidate = session.detectors[name]
             row, scores, value = _run_candidate(session, name, candidate, views, oods, metric)
+            session.bind(name)  # so that the best one scores raw data with the model, if there is one
             del session.detectors[name]  # only the best fitted candidate is kept (below)
             if row["error"] is None and name in errors_before:
                 row["error"] = errors_before[name]
