@@ -1,10 +1,15 @@
 """Save and load fitted detectors in a format that cannot execute code when read.
 
 A saved detector is one zip file holding ``detector.json`` (format, library version, class, hyperparameters,
-learned state, extraction options) and one ``.npy`` entry per array, read with ``allow_pickle=False``.
+learned state, extraction options and, for a detector fitted on a model, the model's fingerprint) and one
+``.npy`` entry per array, read with ``allow_pickle=False``.
 Detector classes are looked up in the registry of imported detectors (:func:`oodscope.detectors.available`),
 never imported by name from the file, and nothing is unpickled: a pickle (or any other foreign file) is
 refused before anything in it runs. Arrays round-trip bit for bit, so scores after loading are identical.
+
+The fingerprint (:mod:`oodscope.fingerprint`: framework, weight-holding layers and their shapes, a hash of
+the head's weights) is an optional entry of format 1: files without one (older files, detectors fitted on
+Features) load as before, and older oodscope versions read files with one.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from ._version import __version__
 from .detectors._layerwise import Aggregator
 from .detectors._registry import available, registry_name
 from .detectors.base import Detector, is_learned_name
+from .fingerprint import ModelFingerprint, ModelMismatchError, fingerprint
 
-__all__ = ["load", "save", "DetectorFileError"]
+__all__ = ["load", "save", "DetectorFileError", "ModelMismatchError"]
 
 FORMAT = "oodscope-detector"
 FORMAT_VERSION = 1
@@ -35,7 +41,11 @@ class DetectorFileError(ValueError):
 
 
 def save(detector: Detector, path: str | Path) -> Path:
-    """Write ``detector`` to ``path`` (conventionally ending in ``.oodscope``); returns the path."""
+    """Write ``detector`` to ``path`` (conventionally ending in ``.oodscope``); returns the path.
+
+    A detector fitted on a model also records the model's fingerprint (of its weights as they are now), which
+    :func:`load` checks against the model it is given.
+    """
     if not isinstance(detector, Detector):
         raise TypeError(f"save() expects an oodscope detector; got {type(detector).__name__}.")
     path = Path(path)
@@ -53,6 +63,8 @@ def save(detector: Detector, path: str | Path) -> Path:
         "detector": _encode(detector, arrays, "detector"),
         "extraction": None if bound is None else _encode(bound.options(), arrays, "extraction"),
     }
+    if bound is not None:
+        meta["model"] = fingerprint(bound.model, bound.head_layer_id).to_json()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(_META, json.dumps(meta, indent=1, allow_nan=False))
         for name, array in arrays.items():
@@ -62,7 +74,7 @@ def save(detector: Detector, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, model: Any = None) -> Detector:
+def load(path: str | Path, model: Any = None, *, check_model: bool = True) -> Detector:
     """Read a detector written by :meth:`Detector.save`.
 
     Parameters
@@ -72,12 +84,18 @@ def load(path: str | Path, model: Any = None) -> Detector:
     model : torch.nn.Module or keras.Model, optional
         The model to score data through, bound to the pass options saved with the detector (layers, head,
         batch size, keys). Without it the loaded detector scores :class:`~oodscope.Features`.
+    check_model : bool, default True
+        When the file records the fingerprint of the model the detector was fitted on, check that ``model``
+        matches it (framework, weight-holding layers and their shapes, the head's weights). False skips the
+        check, for an expert who knows that the two models are interchangeable.
 
     Raises
     ------
     DetectorFileError
         For a file that is not an oodscope detector file (e.g. a pickle, which is never unpickled), a
         truncated or tampered file, or one written by a newer, incompatible format.
+    ModelMismatchError
+        When ``model`` is not the model the detector was fitted on (and ``check_model`` is True).
     """
     path = Path(path)
     with open(path, "rb") as handle:
@@ -93,6 +111,7 @@ def load(path: str | Path, model: Any = None) -> Detector:
             arrays = _ArrayReader(archive, path)
             detector = _decode(meta["detector"], arrays)
             options = _decode(meta["extraction"], arrays) if meta.get("extraction") else None
+            saved_model = None if meta.get("model") is None else ModelFingerprint.from_json(meta["model"])
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
         if isinstance(error, DetectorFileError):
             raise
@@ -105,7 +124,16 @@ def load(path: str | Path, model: Any = None) -> Detector:
 
         # a detector fitted on Features has no saved options: the model's own (or the defaults) apply
         saved = {key: options[key] for key in SAVED_OPTIONS if key in options} if options else {}
-        detector._bound = bind(model, **saved)
+        bound = bind(model, **saved)
+        if check_model and saved_model is not None:
+            differences = saved_model.differences(fingerprint(bound.model, bound.head_layer_id))
+            if differences:
+                raise ModelMismatchError(
+                    f"{path} holds a detector fitted on another model: {'; '.join(differences)}. Pass the "
+                    "model it was fitted on, or fit the detector on this one. To use it with this model "
+                    "anyway, pass check_model=False (oodscope score: --ignore-model-mismatch)."
+                )
+        detector._bound = bound
     return detector
 
 

@@ -14,7 +14,9 @@ A backend offers *primitives*, never methods named after a detector (see :class:
   the edited tensor (given when the backend is built);
 - ``gradients(x, loss, wrt)``: the gradient of a scalar loss of the logits (a :mod:`oodscope.losses` object
   or any function ``loss(logits, ops)``) with respect to the input and/or captured layer outputs;
-- ``head_weights()``: the final linear layer's (W [C, D], b [C]).
+- ``head_weights()``: the final linear layer's (W [C, D], b [C]);
+- ``weight_shapes()``: the layers that hold weights, with the shapes of those weights (what a saved detector
+  remembers of its model, see :mod:`oodscope.fingerprint`).
 
 A backend declares in ``provides`` which optional primitives it has (``"edits"``, ``"gradients"``);
 :meth:`Backend.require` raises :class:`UnsupportedError` naming the backend and what asked for it.
@@ -213,6 +215,11 @@ class Backend:
 
     def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W [C, D], b [C])`` of the head (``logits = penultimate @ W.T + b``); else HeadNotLinearError."""
+        raise NotImplementedError
+
+    def weight_shapes(self) -> list[tuple[str, list[tuple[int, ...]]]]:
+        """``[(layer name, [shape of each of its weights]), ...]`` for the layers that hold weights, in the
+        model's order; reads no weight values and runs nothing."""
         raise NotImplementedError
 
 

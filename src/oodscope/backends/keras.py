@@ -943,6 +943,15 @@ class KerasBackend(Backend):
             return weight, np.zeros(weight.shape[0], dtype=weight.dtype)
         return weight, np.array(_variable_to_numpy(dense.bias))
 
+    def weight_shapes(self) -> list[tuple[str, list[tuple[int, ...]]]]:
+        """Layers of ``model.layers`` that hold weights (a nested model counts as one layer, with all of its
+        weights), with the shapes of ``layer.weights``."""
+        return [
+            (layer.name, [tuple(weight.shape) for weight in layer.weights])
+            for layer in self.model.layers
+            if layer.weights
+        ]
+
 
 def _chain(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda tensor: second(first(tensor))

@@ -490,6 +490,16 @@ class TorchBackend(Backend):
                 bias = _to_numpy(module.bias.detach().clone())
         return weight, bias
 
+    def weight_shapes(self) -> list[tuple[str, list[tuple[int, ...]]]]:
+        """Modules holding parameters or buffers of their own, by ``named_modules()`` name (the root module
+        as ``""``), with the shapes of those tensors in ``state_dict()`` order."""
+        shapes = []
+        for name, module in self._model.named_modules():
+            own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            if own:
+                shapes.append((name, [tuple(tensor.shape) for tensor in own]))
+        return shapes
+
     def gradients(
         self, x: Any, loss: LossFn, wrt: Sequence[LayerId] = (INPUT,)
     ) -> tuple[np.ndarray, dict[LayerId, np.ndarray], dict[LayerId, np.ndarray]]:
