@@ -20,7 +20,7 @@ from ..metrics import bench_metrics
 from ..needs import Needs
 from ..shaping import sharing
 from ._common import Session, as_named, check_metric, mean_or_none
-from .report import DEFAULT_METRICS, Report, mean_label
+from .report import DEFAULT_METRICS, Report, describe_run, mean_label
 
 __all__ = ["evaluate"]
 
@@ -117,8 +117,9 @@ def evaluate(
         objects given are left untouched; the fitted clones are in :attr:`Report.detectors`.
     groups : dict of str to list of str, optional
         Named groups of OOD sets whose metrics are averaged, e.g.
-        ``{"near": ["mnist_5_9"], "far": ["fashion", "animal"]}``. An overall mean over all OOD sets is
-        added when there are several.
+        ``{"near": ["mnist_5_9"], "far": ["fashion", "animal"]}``. A group of several sets gets a row of
+        means; a group of one set is read from that set's row. An overall mean over all OOD sets is added
+        when there are several.
     metrics : sequence of str
         Metric names understood by :func:`~oodscope.bench_metrics`. The default reports AUROC,
         FPR@95TPR with OOD positive (``fpr95tpr_ood``) and with ID positive (``fpr95tpr_id``), AUPR-In and
@@ -138,8 +139,9 @@ def evaluate(
     Returns
     -------
     Report
-        The metric table, the raw scores per detector and dataset, the fitted detectors, the errors and the
-        time spent in each phase.
+        The metric table, the raw scores per detector and dataset, the fitted detectors, the errors, the
+        time spent in each phase and the provenance (versions, date, model, data, every detector's
+        parameters, settings). Its detectors are sorted best first by AUROC over the OOD sets.
 
     Examples
     --------
@@ -217,6 +219,16 @@ def evaluate(
         detectors={name: session.bind(name) for name in detectors_ if name not in session.failed},
         errors=session.errors,
         timings=session.timings,
+        provenance=describe_run(
+            model=session.bound,
+            datasets=given,
+            n_samples=sizes,
+            detectors=detectors_,
+            layers=feature_layers_id,
+            groups=groups,
+            metrics=metrics,
+            settings={"metrics": list(metrics), "groups": groups, "errors": errors},
+        ),
     )
 
 
@@ -225,16 +237,10 @@ _LOGITS = "<logits>"
 
 
 def _progress(given: dict[str, Any], progress: bool | None) -> Any:
-    from tqdm.auto import tqdm
+    from ..extract import progress_bar
 
-    return tqdm(
-        given.items(),
-        total=len(given),
-        desc="evaluate",
-        unit="dataset",
-        disable=progress is False,
-        delay=0 if progress else 2.0,
-        leave=False,
+    return progress_bar(
+        given.items(), progress, total=len(given), desc="evaluate", unit="dataset", leave=False
     )
 
 
@@ -269,7 +275,7 @@ def _metric_rows(
                 values[ood] = dict.fromkeys(metrics)
                 continue
             rows.append({"detector": name, "ood": ood, **values[ood]})
-        means = dict(groups)
+        means = {group: members for group, members in groups.items() if len(members) > 1}
         if len(ood_names) > 1:
             means["all"] = ood_names
         for group, members in means.items():
