@@ -402,20 +402,50 @@ def test_heavy_tailed_scores_get_a_log_axis():
     assert np.count_nonzero(ours) >= 10 and ours.max() < 0.2 * scores_in.size
 
 
+def test_heavy_tailed_scores_piled_near_their_minimum_are_read_from_it():
+    rng = np.random.default_rng(4)
+    gram_in = np.r_[np.zeros(50), 10 ** rng.uniform(-3, 0, 250)]  # deviations, often exactly 0
+    gram_out = 10 ** rng.uniform(1, 8, 200)
+    axis = histogram_axis({"ID": gram_in, "OOD": gram_out})
+    assert (axis.scale, axis.origin, axis.label) == (
+        "log-distance",
+        0.0,
+        "score, log scale (higher = more OOD)",
+    )
+    assert axis.at_origin == {"ID": 50, "OOD": 0} and axis.shown == {"ID": 300, "OOD": 200}
+
+    near_one = 1 + 10 ** rng.uniform(-3, -0.5, 300)  # on a log axis from 1 to 1e8: all in the first bin
+    axis = histogram_axis({"ID": near_one, "OOD": gram_out})
+    assert axis.scale == "log-distance" and 1.0 <= axis.origin <= near_one.min()
+    ours, _ = np.histogram(axis.coordinates(near_one), bins=axis.edges)
+    assert ours.max() < 0.2 * near_one.size
+
+
 def test_scores_piled_against_a_bound_get_a_log_axis_of_the_distance():
     rng = np.random.default_rng(1)
     msp_in = -(1 - 10 ** rng.uniform(-8, -2, 400))  # confident: within 1e-8..1e-2 of -1
     msp_out = -rng.uniform(0.3, 0.99, 200)
     axis = histogram_axis({"ID": msp_in, "OOD": msp_out})
-    assert axis.scale == "log-distance" and axis.direction == 1 and axis.origin == msp_in.min()
-    assert axis.label.startswith("score − (−") and "log scale" in axis.label
+    assert (axis.scale, axis.direction, axis.origin) == ("log-distance", 1, -1.0), "MSP's bound, -1"
+    assert axis.label == "score − (−1), log scale (higher = more OOD)"
     ours, _ = np.histogram(axis.coordinates(msp_in), bins=axis.edges)
     assert ours.max() < 0.2 * msp_in.size, "ID spreads over many bins instead of one"
-    assert axis.shown == {"ID": 400, "OOD": 200} and axis.at_origin == {"ID": 1, "OOD": 0}
+    assert axis.shown == {"ID": 400, "OOD": 200} and axis.at_origin == {"ID": 0, "OOD": 0}
+    np.testing.assert_allclose(axis.coordinates(msp_in), msp_in + 1)
 
     flipped = histogram_axis({"ID": -msp_out, "OOD": -msp_in})  # the same pile at the top
-    assert (flipped.scale, flipped.direction, flipped.origin) == ("log-distance", -1, -msp_in.min())
-    assert "reversed" in flipped.label
+    assert (flipped.scale, flipped.direction, flipped.origin) == ("log-distance", -1, 1.0)
+    assert flipped.label == "1 − score, log scale, reversed (higher = more OOD)"
+
+    saturated = np.r_[np.full(100, -1.0), msp_in]  # softmax exactly 1 in float64
+    axis = histogram_axis({"ID": saturated, "OOD": msp_out})
+    assert axis.origin == -1.0 and axis.at_origin == {"ID": 100, "OOD": 0} and axis.shown["ID"] == 500
+    counts, _ = np.histogram(axis.coordinates(saturated), bins=axis.edges)
+    assert counts[0] >= 100, "scores at the bound are drawn in the first bin"
+
+    offset = histogram_axis({"ID": msp_in + 3.7123, "OOD": msp_out + 3.7123})  # the bound moves along
+    assert (offset.scale, offset.origin) == ("log-distance", 2.7123)
+    assert offset.label == "score − 2.7123, log scale (higher = more OOD)"
 
 
 def test_tied_scores_get_one_bar_per_value():

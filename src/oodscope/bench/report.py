@@ -280,16 +280,18 @@ class HistogramAxis(NamedTuple):
     ----------
     scale : {"linear", "log", "log-distance", "distinct"}
         ``"log"``: the scores on a log axis; ``"log-distance"``: the distance of each score from ``origin``
-        (the lowest score with ``direction=1``, the highest with ``-1``) on a log axis, for scores piled
-        against a bound (e.g. MSP near -1); ``"distinct"``: one bar per distinct score, for scores with few
-        values (ties).
+        (at or below the lowest score with ``direction=1``, at or above the highest with ``-1``) on a log
+        axis, for scores piled against a bound (e.g. MSP near -1); ``"distinct"``: one bar per distinct
+        score, for scores with few values (ties).
     edges : ndarray
         Bin edges in axis units (scores, or distances for ``"log-distance"``); the axis spans them. With
         ``"distinct"``, one bin around each of ``values``.
     values : ndarray or None
         The distinct scores (``"distinct"`` only).
     origin, direction : float or None, int
-        Where distances are measured from, and which way (``"log-distance"`` only).
+        Where distances are measured from, and which way (``"log-distance"`` only): the lowest score
+        (``direction=1``) or the highest (``-1``), moved outwards to a round number (such as MSP's -1) when
+        that changes the median distance of every set by 1% at most.
     shown, outside, at_origin, non_finite : dict of str to int
         Per set: samples drawn within ``edges``; finite samples beyond them (not drawn); samples equal to
         the origin (drawn in the first bin); NaN or infinite scores (not drawn).
@@ -333,14 +335,15 @@ def histogram_axis(sets: Mapping[str, Any], bins: int = 50, share: float = 0.99)
     ``(1 - share) / 2`` and ``(1 + share) / 2`` quantiles, widened to the scores that lie within 5% of
     their span beyond them. The rest is counted in ``outside`` (to be stated on the plot). The scale is
 
-    - ``"log"`` when the quantiles above are positive and three orders of magnitude apart or more (e.g.
-      Gram deviations from 1 to 1e9);
-    - ``"log-distance"`` when half a set or more piles into the first (or last) linear bin and the same
-      quantiles of the distances from the lowest (or highest) score are three orders of magnitude apart
-      (e.g. MSP, whose ID scores sit within 1e-6 of -1);
     - ``"distinct"`` when the scores take at most 20 distinct values, four samples or more per value on
       average (e.g. a score rounded to one decimal): one bin per value, nothing beyond the axis;
-    - ``"linear"`` otherwise (bins are equally wide in axis units in every case).
+    - else ``"log"`` when the quantiles above are positive and three orders of magnitude apart or more
+      (e.g. Gram deviations from 1 to 1e9), and ``"linear"`` otherwise;
+    - but ``"log-distance"`` when half a set or more piles into the first (or last) bin of that axis and
+      the same quantiles of the distances from the lowest (or highest) score are three orders of magnitude
+      apart (e.g. MSP, whose ID scores sit within 1e-6 of -1).
+
+    Bins are equally wide in axis units in every case.
 
     >>> axis = histogram_axis({"ID": np.r_[np.linspace(0, 1, 999), 1e6], "OOD": np.linspace(0.5, 1.5, 500)})
     >>> axis.scale, axis.outside, float(axis.edges[0]), float(axis.edges[-1])
@@ -387,12 +390,13 @@ def _choose_scale(sets: list[np.ndarray], share: float, bins: int) -> tuple[str,
         return "distinct", None, 1
     low, high = _quantile_limits(sets, share)
     if low > 0 and high / low >= _LOG_RATIO:
-        return "log", None, 1
-    edges = np.linspace(*_robust_limits(sets, share, log=False), bins + 1)
+        scale, edges = "log", _log_edges(*_robust_limits(sets, share, log=True), bins)
+    else:
+        scale, edges = "linear", np.linspace(*_robust_limits(sets, share, log=False), bins + 1)
     first = max(np.count_nonzero(v <= edges[1]) / v.size for v in sets)
     last = max(np.count_nonzero(v >= edges[-2]) / v.size for v in sets)
     if max(first, last) < _PILE_SHARE:
-        return "linear", None, 1
+        return scale, None, 1
     direction = 1 if first >= last else -1
     everything = np.concatenate(sets)
     origin = float(everything.min() if direction > 0 else everything.max())
@@ -400,8 +404,26 @@ def _choose_scale(sets: list[np.ndarray], share: float, bins: int) -> tuple[str,
     if distances:
         d_low, d_high = _quantile_limits(distances, share)
         if d_high / d_low >= _LOG_RATIO:
-            return "log-distance", origin, direction
-    return "linear", None, 1
+            # a round bound (MSP's -1) when it moves the typical distance of the piled set by 1% at most
+            tolerance = 0.01 * min(float(np.median(d)) for d in distances)
+            return "log-distance", _round_bound(origin, direction, tolerance), direction
+    return scale, None, 1
+
+
+def _round_bound(origin: float, direction: int, tolerance: float) -> float:
+    """The roundest number at most ``tolerance`` beyond ``origin`` (below it with ``direction=1``), so that
+    distances are read from a bound such as -1 (MSP) rather than from the most extreme sample.
+
+    >>> _round_bound(-0.99999999, 1, 1e-7), _round_bound(3.7123, 1, 0.01), _round_bound(3.7123, -1, 0.01)
+    (-1.0, 3.71, 3.72)
+    """
+    round_ = math.floor if direction > 0 else math.ceil
+    for decimals in range(-3, 17):
+        scale = 10.0**decimals
+        bound = round_(origin * scale) / scale
+        if 0 <= direction * (origin - bound) <= tolerance:
+            return bound
+    return origin
 
 
 def _quantile_limits(sets: list[np.ndarray], share: float) -> tuple[float, float]:
@@ -452,15 +474,21 @@ def _axis_label(scale: str, origin: float | None, direction: int, n_distinct: in
     if scale == "log":
         return "score, log scale (higher = more OOD)"
     bound = _short_float(origin)
+    if direction > 0 and origin == 0:
+        return "score, log scale (higher = more OOD)"
     if direction > 0:
-        return f"score − ({bound}), log scale (higher = more OOD)"
-    return f"({bound}) − score, log scale, reversed (higher = more OOD)"
+        return f"score − {f'({bound})' if origin < 0 else bound}, log scale (higher = more OOD)"
+    return f"{bound} − score, log scale, reversed (higher = more OOD)"
 
 
 def _short_float(value: float) -> str:
-    """The shortest of 4 to 10 significant digits that gives ``value`` back (else 10)."""
-    for digits in range(4, 11):
-        text = f"{value:.{digits}g}"
+    """The shortest of 1 to 10 significant digits that gives ``value`` back (else 10), with a minus sign.
+
+    >>> _short_float(-1.0), _short_float(-0.0), _short_float(0.1 + 0.2)
+    ('−1', '0', '0.3')
+    """
+    for digits in range(1, 11):
+        text = f"{value + 0.0:.{digits}g}"  # + 0.0 turns -0.0 into 0.0
         if float(text) == value:
             break
     return text.replace("-", "−")
