@@ -12,6 +12,7 @@ curve are written to ``out_dir`` when matplotlib is installed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -108,8 +109,13 @@ def _framework_flow(
     model_name = "toy_convnet" if data == "mnist" else "toy_mlp"
     height, width, channels = train_in.input_shape
     input_shape = (height, width, channels) if backend == "tensorflow" else (channels, height, width)
-    # attribute access imports only the chosen framework's trainer
-    trainer = training.train_tf_model if backend == "tensorflow" else training.train_torch_model
+    # attribute access imports only the chosen framework's trainer. Keras prints its progress bars to standard
+    # output, which holds the demo's results: none (epochs are logged at INFO level); torch's bars go to
+    # standard error, on a terminal only.
+    if backend == "tensorflow":
+        trainer = functools.partial(training.train_tf_model, verbose=0)
+    else:
+        trainer = training.train_torch_model
     tick = time.perf_counter()
     model = trainer(
         train_in.prepare(128, _preprocess, shuffle=True, seed=seed),

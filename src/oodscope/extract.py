@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,23 @@ __all__ = ["extract", "global_average_pool", "run_pass"]
 log = logging.getLogger(__name__)
 
 PostprocFn = Callable[[np.ndarray], np.ndarray]
+
+
+def progress_bar(iterable: Any = None, progress: bool | None = None, **options: Any) -> Any:
+    """A tqdm bar on standard error: ``progress=True`` always, ``False`` never, ``None`` (the default of every
+    ``progress`` option) only when standard error is a terminal, and then only for loops that last over 2
+    seconds. So piped output, logs and CI stay clean, and library code never writes to standard output."""
+    from tqdm.auto import tqdm
+
+    shown = _stderr_is_terminal() if progress is None else bool(progress)
+    return tqdm(iterable, disable=not shown, delay=2.0 if progress is None else 0, **options)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
 
 
 def global_average_pool(values: np.ndarray, channels_last: bool = False) -> np.ndarray:
@@ -81,18 +99,10 @@ def model_pass(
     exception raised in the block while it works on a batch (the model's own, most often) gets a note saying
     which batch that was (see :func:`~oodscope._batches.note_failed_batch`).
     """
-    from tqdm.auto import tqdm
-
     runner = get_backend(model).for_pass(model, list(layer_ids), head_layer_id, edits or None)
     batches = iter_batches(data, batch_size, input_key, label_key)
-    bar = tqdm(
-        batches,
-        total=count_batches(data, batch_size),
-        desc=description,
-        unit="batch",
-        disable=progress is False,
-        delay=0 if progress else 2.0,  # by default, a bar only for passes that take a while
-        leave=False,
+    bar = progress_bar(
+        batches, progress, total=count_batches(data, batch_size), desc=description, unit="batch", leave=False
     )
     stream = _Current(bar)
     with runner:

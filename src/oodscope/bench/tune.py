@@ -201,20 +201,13 @@ def tune(
         views[key] = session.features(key if key == "id" else f"ood:{key}", data, session.live())
     errors_before = {entry["detector"]: entry["error"] for entry in session.errors}
 
-    from tqdm.auto import tqdm
+    from ..extract import progress_bar
 
     progress = pass_options.get("progress")
     table, kept_scores = [], []
     best: tuple[float, int, Detector] | None = None
     sign = 1.0 if direction else -1.0
-    bar = tqdm(
-        list(session.detectors),
-        desc="tune",
-        unit="candidate",
-        disable=progress is False,
-        delay=0 if progress else 2.0,
-        leave=False,
-    )
+    bar = progress_bar(list(session.detectors), progress, desc="tune", unit="candidate", leave=False)
     with sharing():  # candidates share shaping work (e.g. the clip value of ReActs around several detectors)
         for name in bar:
             index, params = int(name), candidates[int(name)]

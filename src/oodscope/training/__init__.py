@@ -16,6 +16,8 @@ Functions:
 
 - :func:`train_tf_model` / :func:`train_torch_model`: build (or take) a model and train it;
 - :func:`load_tf_model` / :func:`load_torch_model`: load what they saved with ``save_dir=...``;
+  :func:`load_model` loads either, telling the framework from the file (a file of the other framework, or
+  a damaged one, raises :class:`ModelFileError` saying what it is);
 - :func:`toy_convnet`, :func:`toy_mlp`, :func:`resnet20`, :func:`build_model`: the untrained models,
   ``framework="keras"`` or ``"torch"``;
 - :func:`learning_rate_at`: the learning-rate schedules both trainers follow (stepped once per batch).
@@ -27,10 +29,11 @@ used.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._common import LR_SCHEDULERS, MODEL_NAMES, learning_rate_at
+from ._common import LR_SCHEDULERS, MODEL_NAMES, ModelFileError, check_model_file, learning_rate_at
 
 if TYPE_CHECKING:
     from .keras_train import load_tf_model, save_tf_model, train_tf_model
@@ -39,9 +42,11 @@ if TYPE_CHECKING:
 __all__ = [
     "LR_SCHEDULERS",
     "MODEL_NAMES",
+    "ModelFileError",
     "build_model",
     "evaluate_torch_model",
     "learning_rate_at",
+    "load_model",
     "load_tf_model",
     "load_torch_model",
     "resnet20",
@@ -116,3 +121,15 @@ def toy_mlp(input_shape: Sequence[int], num_classes: int = 10, *, framework: str
 def resnet20(input_shape: Sequence[int], num_classes: int = 10, *, framework: str) -> Any:
     """The CIFAR ResNet-20, option-B shortcuts (see :mod:`.keras_models` / :mod:`.torch_models`)."""
     return build_model("resnet20", input_shape, num_classes, framework=framework)
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """A model saved by :func:`save_tf_model` (``.keras``, ``.h5``) or :func:`save_torch_model` (``.pt``).
+
+    The framework is read from the file's content and checked against its name, so a torch file named
+    ``.keras`` (or a ``.keras`` archive named ``.pt``) raises :class:`ModelFileError` saying what the file
+    is, before any framework tries to read it. Only that framework is imported.
+    """
+    if check_model_file(path) == "keras":
+        return _import("keras_train", "tensorflow").load_tf_model(path)
+    return _import("torch_train", "torch").load_torch_model(path)

@@ -114,3 +114,101 @@ def resolve_save_path(save_dir: str | os.PathLike, default_name: str, suffixes: 
         path = path / default_name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --- model files ------------------------------------------------------------------------------------------
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+TORCH_SUFFIXES = (".pt", ".pth")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class ModelFileError(ValueError):
+    """A model file oodscope cannot read: missing, of the other framework, of an unknown kind, or damaged."""
+
+
+def file_kind(path: Path) -> str:
+    """What a file holds, from its first bytes (and a zip archive's list of entries), without loading it:
+
+    ``"keras"`` (a ``.keras`` archive), ``"hdf5"`` (Keras' legacy format), ``"torch"`` (``torch.save``'s zip),
+    ``"torchscript"``, ``"pickle"`` (``torch.save``'s legacy format, or any pickle), ``"oodscope"`` (a saved
+    detector), ``"zip"`` (another zip archive), ``"damaged zip"``, ``"empty"`` or ``"unknown"``.
+    """
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return "empty"
+    if head.startswith(_HDF5_SIGNATURE):
+        return "hdf5"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if not head.startswith(b"PK"):
+        return "unknown"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "damaged zip"
+    if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
+        return "keras"
+    if "detector.json" in names:
+        return "oodscope"
+    if any(name.endswith("/constants.pkl") for name in names):
+        return "torchscript"
+    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        return "torch"
+    return "zip"
+
+
+#: what each kind of file is, for messages, and the framework that reads it
+_KINDS = {
+    "keras": ("a Keras model (.keras archive)", "keras", ".keras"),
+    "hdf5": ("a Keras model in the legacy HDF5 format", "keras", ".h5"),
+    "torch": ("a torch file (written by torch.save)", "torch", ".pt"),
+    "pickle": ("a pickle (torch.save's legacy format, or another pickle)", "torch", ".pt"),
+}
+
+
+def check_model_file(path: str | os.PathLike, framework: str | None = None) -> str:
+    """The framework (``"keras"`` or ``"torch"``) of the model file at ``path``, from its content, checked
+    against its name's suffix (and ``framework`` when given); :class:`ModelFileError` otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No model file at {path}.")
+    kind = file_kind(path)
+    by_name = "keras" if path.suffix.lower() in KERAS_SUFFIXES else None
+    by_name = "torch" if path.suffix.lower() in TORCH_SUFFIXES else by_name
+    if kind not in _KINDS:
+        what = {
+            "empty": "it is empty",
+            "damaged zip": "it starts like a zip archive but cannot be read as one (truncated or damaged)",
+            "oodscope": "it is a saved oodscope detector; give it where a detector file is expected",
+            "torchscript": "it is a TorchScript archive (torch.jit.save); oodscope reads state dicts saved "
+            "with torch.save(model.state_dict(), path)",
+            "zip": "it is a zip archive that holds neither a Keras model nor torch tensors",
+        }.get(kind, "its content is neither a Keras (.keras, .h5) nor a torch (.pt) model")
+        raise ModelFileError(f"Cannot read {path} as a model: {what}.")
+    described, content_framework, suffix = _KINDS[kind]
+    expected = framework or by_name
+    if expected is None:
+        raise ModelFileError(
+            f"{path} is {described}, but its name does not say so; rename it to {path.stem}{suffix}."
+        )
+    if content_framework != expected:
+        wanted = {"keras": "a Keras model", "torch": "torch weights"}[expected]
+        if framework is None:
+            raise ModelFileError(
+                f"{path} is {described}, but its name ends in {path.suffix!r}, which stands for {wanted}. "
+                f"Rename it to {path.stem}{suffix}."
+            )
+        raise ModelFileError(f"{path} is {described}, not {wanted}.")
+    if content_framework == "keras" and path.suffix.lower() not in KERAS_SUFFIXES:
+        raise ModelFileError(f"{path} is {described}; Keras reads it only as {path.stem}{suffix}: rename it.")
+    if content_framework == "keras" and (kind == "hdf5") != (path.suffix.lower() != ".keras"):
+        raise ModelFileError(
+            f"{path} is {described}, but its name ends in {path.suffix!r}; Keras reads it only as "
+            f"{path.stem}{suffix}: rename it."
+        )
+    return content_framework

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import numpy as np
 from .._batches import as_labels, is_array_like
 from ..backends.data import TF_DATASET
 from ._common import (
+    KERAS_SUFFIXES,
     SGD_MOMENTUM,
+    ModelFileError,
+    check_model_file,
     check_training_args,
     resolve_save_path,
     step_milestones,
@@ -25,8 +29,6 @@ from .keras_models import build_model
 __all__ = ["load_tf_model", "save_tf_model", "train_tf_model"]
 
 log = logging.getLogger("oodscope.training")
-
-_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 def train_tf_model(
@@ -46,14 +48,15 @@ def train_tf_model(
     from_logits: bool | None = None,
     steps_per_epoch: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
-    verbose: int | str = "auto",
+    verbose: int | str | None = None,
 ) -> keras.Model:
     """Train a Keras classifier with a cross-entropy loss and return it compiled.
 
     The model is compiled with a (sparse) categorical cross-entropy loss and an ``"accuracy"`` metric, so
     ``model.evaluate(data)`` returns ``[loss, accuracy]`` and ``model.history.history`` holds ``"loss"``,
     ``"accuracy"`` (and ``"val_loss"``, ``"val_accuracy"`` with ``validation_data``). Keras shows its usual
-    progress bar; each epoch's metrics are also logged at INFO level on the ``"oodscope.training"`` logger.
+    progress bar on a terminal (see ``verbose``); each epoch's metrics are also logged at INFO level on the
+    ``"oodscope.training"`` logger.
 
     Parameters
     ----------
@@ -112,8 +115,9 @@ def train_tf_model(
         Passed to ``fit``; needed for an infinite (repeated) dataset.
     callbacks : list of keras.callbacks.Callback, optional
         Extra callbacks for ``fit``.
-    verbose : {"auto", 0, 1, 2}, default "auto"
-        Keras' progress display.
+    verbose : {"auto", 0, 1, 2}, optional
+        Keras' progress display, which Keras prints to standard output. Default: ``"auto"`` when standard
+        output is a terminal, else 0 (none), so that piped output and logs stay clean.
 
     Returns
     -------
@@ -180,7 +184,7 @@ def train_tf_model(
         steps_per_epoch=steps_per_epoch,
         validation_data=validation_data,
         callbacks=fit_callbacks,
-        verbose=verbose,
+        verbose=_default_verbose() if verbose is None else verbose,
     )
     if x is not None:
         model.fit(x, y, batch_size=batch_size, shuffle=True, **common)
@@ -197,7 +201,7 @@ def save_tf_model(model: keras.Model, save_dir: str | os.PathLike) -> Path:
     A path ending in ``.keras``, ``.h5`` or ``.hdf5`` is the file; any other path is a directory that gets
     ``<model.name>.keras``.
     """
-    path = resolve_save_path(save_dir, f"{model.name}.keras", _KERAS_SUFFIXES)
+    path = resolve_save_path(save_dir, f"{model.name}.keras", KERAS_SUFFIXES)
     if path.suffix.lower() == ".keras":
         model.save(path)
     else:
@@ -217,11 +221,25 @@ def load_tf_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
 
     A thin wrapper of ``keras.models.load_model``: with ``compile=True`` the model comes back compiled
     with its loss, metric and optimizer, so ``model.evaluate(data)`` works at once.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no file at ``path``.
+    ModelFileError
+        For a file that is not a Keras model (a torch file, say, or a ``.keras`` archive named ``.h5``),
+        saying what it is, or one Keras cannot read (truncated or damaged).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"No saved Keras model at {path}.")
-    return keras.models.load_model(path, compile=compile)
+    check_model_file(path, "keras")
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except ImportError:
+        raise
+    except Exception as error:
+        raise ModelFileError(
+            f"Keras could not load {path} ({type(error).__name__}: {error}); it may be truncated or damaged."
+        ) from error
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -350,6 +368,13 @@ def _outputs_probabilities(model: keras.Model) -> bool:
         return True
     activation = getattr(last, "activation", None)
     return getattr(activation, "__name__", None) == "softmax"
+
+
+def _default_verbose() -> int | str:
+    try:
+        return "auto" if sys.stdout.isatty() else 0
+    except (AttributeError, ValueError):
+        return 0
 
 
 class _EpochLog(keras.callbacks.Callback):

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._batches import as_labels, count_batches, is_array_like, iter_batches
 from ..backends.data import TORCH_MAP_DATASET
-from ._common import SGD_MOMENTUM, check_model_name, check_training_args, lr_factor, resolve_save_path
+from ..extract import progress_bar
+from ._common import (
+    SGD_MOMENTUM,
+    TORCH_SUFFIXES,
+    ModelFileError,
+    check_model_file,
+    check_model_name,
+    check_training_args,
+    lr_factor,
+    resolve_save_path,
+)
 from .torch_models import architecture_of, build_model
 
 __all__ = ["load_torch_model", "save_torch_model", "train_torch_model"]
 
 log = logging.getLogger("oodscope.training")
 
-_TORCH_SUFFIXES = (".pt", ".pth")
 _METADATA_FORMAT = "oodscope-torch-model"
 #: update the progress bar's loss / accuracy every this many batches (each update syncs with the device)
 _POSTFIX_EVERY = 10
@@ -47,11 +56,12 @@ def train_torch_model(
     save_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     seed: int | None = None,
-    verbose: bool = True,
+    verbose: bool | None = None,
 ) -> nn.Module:
     """Train a PyTorch classifier that outputs logits with ``nn.CrossEntropyLoss``.
 
-    Shows a tqdm bar per epoch (over the batches, with the running loss and accuracy) and logs each
+    Shows a tqdm bar per epoch on standard error (over the batches, with the running loss and accuracy;
+    see ``verbose``) and logs each
     epoch's loss, accuracy, validation accuracy and learning rate at INFO level on the
     ``"oodscope.training"`` logger.
 
@@ -108,8 +118,8 @@ def train_torch_model(
         Seeds torch's generators for the initialisation, dropout and shuffling, inside
         ``torch.random.fork_rng`` so that the caller's global random state is left as it was. Runs are
         reproducible on CPU (CUDA kernels may add nondeterminism).
-    verbose : bool, default True
-        Show the progress bars.
+    verbose : bool, optional
+        Show the progress bars: True always, False never, None (default) when standard error is a terminal.
 
     Returns
     -------
@@ -208,7 +218,7 @@ def save_torch_model(model: nn.Module, save_dir: str | os.PathLike) -> Path:
     ``num_classes`` (when the module has them).
     """
     architecture = architecture_of(model)
-    path = resolve_save_path(save_dir, f"{architecture or type(model).__name__.lower()}.pt", _TORCH_SUFFIXES)
+    path = resolve_save_path(save_dir, f"{architecture or type(model).__name__.lower()}.pt", TORCH_SUFFIXES)
     torch.save(model.state_dict(), path)
     input_shape = getattr(model, "input_shape", None)
     num_classes = getattr(model, "num_classes", None)
@@ -249,14 +259,40 @@ def load_torch_model(
     Returns
     -------
     nn.Module
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no file at ``path``.
+    ModelFileError
+        For a file that is not a torch state dict (a Keras model, say, or a whole pickled module, which
+        could run code when loaded), saying what it is; a damaged file; weights that do not fit the model.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"No saved weights at {path}.")
-    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    check_model_file(path, "torch")
+    try:
+        state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelFileError(
+            f"{path} holds pickled objects other than tensors (e.g. a whole model saved with "
+            "torch.save(model)). oodscope reads state dicts only, which load without running code: save "
+            "model.state_dict() instead (oodscope.training.save_torch_model does)."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ModelFileError(
+            f"torch could not read {path} ({type(error).__name__}: {error}); it may be truncated or damaged."
+        ) from error
+    if not isinstance(state_dict, dict):
+        raise ModelFileError(f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors.")
     if not isinstance(model, nn.Module):
         metadata = _read_metadata(path)
         name = model if model is not None else metadata.get("architecture")
+        if name is None and not metadata:
+            raise ModelFileError(
+                f"{path} holds weights without {_metadata_path(path).name}, the file next to it that records "
+                "the architecture (written by save_torch_model). Keep that file with the weights, or build "
+                "the model yourself and pass it: load_torch_model(path, model=MyNet(...))."
+            )
         if name is None:
             raise ValueError(
                 f"{path} holds the weights of a {metadata.get('class', 'custom')} module, which oodscope "
@@ -269,7 +305,12 @@ def load_torch_model(
                 f"Pass input_shape= and num_classes= to rebuild {name!r}: {path} does not record them."
             )
         model = build_model(name, shape, classes).to(map_location)
-    model.load_state_dict(state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ModelFileError(
+            f"The weights in {path} do not fit the {type(model).__name__} model: {error}"
+        ) from error
     return model.eval()
 
 
@@ -368,14 +409,14 @@ def _train_epoch(
     device: torch.device,
     desc: str,
     n_batches: int | None,
-    verbose: bool,
+    verbose: bool | None,
 ) -> dict[str, float]:
     """One pass over ``batches``, then the validation: loss, accuracy (and val_loss, val_accuracy)."""
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    with contextlib.closing(tqdm(total=n_batches, desc=desc, unit="batch", disable=not verbose)) as bar:
+    with contextlib.closing(progress_bar(None, verbose, total=n_batches, desc=desc, unit="batch")) as bar:
         for index, (x, y) in enumerate(batches.tensors(device, _dtype_of(model))):
             opt.zero_grad(set_to_none=True)
             logits = model(x)
