@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,11 @@ __all__ = ["ModelFingerprint", "ModelMismatchError", "fingerprint"]
 
 
 class ModelMismatchError(ValueError):
-    """A saved detector is given a model other than the one it was fitted on."""
+    """A saved detector is given a model other than the one it was fitted on; ``differences`` says how."""
+
+    def __init__(self, message: str, differences: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.differences = list(differences)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +109,10 @@ def fingerprint(model: Any, head_layer_id: Hashable = -1) -> ModelFingerprint:
     with warnings.catch_warnings():  # e.g. "the head is not an nn.Linear", already said when fitting
         warnings.simplefilter("ignore")
         backend = get_backend(model).for_pass(model, [], head_layer_id)
-        layers = tuple((name, tuple(map(tuple, shapes))) for name, shapes in backend.weight_shapes())
+        try:
+            layers = tuple((name, tuple(map(tuple, shapes))) for name, shapes in backend.weight_shapes())
+        except NotImplementedError:  # a backend that cannot list its weights (an exported graph, say)
+            layers = ()
         try:
             weight, bias = backend.head_weights()
         except (HeadNotLinearError, NotImplementedError):

@@ -131,7 +131,8 @@ def load(path: str | Path, model: Any = None, *, check_model: bool = True) -> De
                 raise ModelMismatchError(
                     f"{path} holds a detector fitted on another model: {'; '.join(differences)}. Pass the "
                     "model it was fitted on, or fit the detector on this one. To use it with this model "
-                    "anyway, pass check_model=False (oodscope score: --ignore-model-mismatch)."
+                    "anyway, pass check_model=False.",
+                    differences,
                 )
         detector._bound = bound
     return detector
