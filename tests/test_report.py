@@ -254,6 +254,18 @@ def test_means_only_for_groups_of_several_sets_and_several_sets_overall(report):
     assert list(report.pivot()[0]) == ["detector", *labels]
 
     toy = make_toy()
+    both = evaluate(
+        None, None, toy["id"], {"a": toy["ood"], "b": _half(toy["id"])}, [MSP()], {"all": ["a", "b"]}
+    )
+    assert [row["ood"] for row in both.rows] == ["a", "b", "all (mean)"], "a group of every set is the mean"
+    with pytest.raises(ValueError, match="The group name 'all' is the overall mean"):
+        evaluate(None, None, toy["id"], {"a": toy["ood"], "b": toy["ood"]}, [MSP()], {"all": ["a"]})
+    assert (
+        both.value("MSP()", "all")
+        == both.value("MSP()")
+        == (both.value("MSP()", "a") + both.value("MSP()", "b")) / 2
+    )
+
     alone = evaluate(None, None, toy["id"], {"noise": toy["ood"]}, [MSP()], groups={"far": ["noise"]})
     assert [row["ood"] for row in alone.rows] == ["noise"], "one OOD set: no mean rows at all"
     assert alone.value("MSP()") == alone.value("MSP()", "far") == alone.value("MSP()", "noise")

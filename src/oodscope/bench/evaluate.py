@@ -63,6 +63,10 @@ def _check_groups(groups: Mapping[str, Sequence[str]] | None, ood_names: Sequenc
                 f"got {members}{' (unknown: ' + str(unknown) + ')' if unknown else ''}."
             )
         checked[str(group)] = members
+    if "all" in checked and set(checked["all"]) != set(ood_names):
+        raise ValueError(
+            "The group name 'all' is the overall mean over every OOD set; name the group otherwise."
+        )
     labels = [mean_label(group) for group in [*checked, "all"]]
     clash = [name for name in ood_names if name in labels]
     if clash:
@@ -118,8 +122,8 @@ def evaluate(
     groups : dict of str to list of str, optional
         Named groups of OOD sets whose metrics are averaged, e.g.
         ``{"near": ["mnist_5_9"], "far": ["fashion", "animal"]}``. A group of several sets gets a row of
-        means; a group of one set is read from that set's row. An overall mean over all OOD sets is added
-        when there are several.
+        means; a group of one set is read from that set's row, and a group of every set from the overall
+        mean over all OOD sets, which is added when there are several.
     metrics : sequence of str
         Metric names understood by :func:`~oodscope.bench_metrics`. The default reports AUROC,
         FPR@95TPR with OOD positive (``fpr95tpr_ood``) and with ID positive (``fpr95tpr_id``), AUPR-In and
@@ -275,7 +279,11 @@ def _metric_rows(
                 values[ood] = dict.fromkeys(metrics)
                 continue
             rows.append({"detector": name, "ood": ood, **values[ood]})
-        means = {group: members for group, members in groups.items() if len(members) > 1}
+        means = {  # a group of one set, or of every set, would repeat a row
+            group: members
+            for group, members in groups.items()
+            if len(set(members)) > 1 and set(members) != set(ood_names)
+        }
         if len(ood_names) > 1:
             means["all"] = ood_names
         for group, members in means.items():

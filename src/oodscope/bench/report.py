@@ -134,7 +134,8 @@ def describe_run(
             "Scores read higher = more OOD.",
             "Metrics are exact: every distinct score is a threshold; tied scores count 1/2 in AUROC.",
             "Group means average the metric over the OOD sets of a group (a group of one set is read from "
-            "that set's row); 'all (mean)' averages over every OOD set.",
+            "that set's row, a group of every set from 'all (mean)'); 'all (mean)' averages over every OOD "
+            "set.",
             "Detectors are sorted by the primary metric averaged over the OOD sets, best first.",
         ],
         "settings": {key: _plain(value) for key, value in settings.items()},
@@ -320,10 +321,13 @@ class HistogramAxis(NamedTuple):
         return np.where(distances > 0, distances, self.edges[0])
 
 
-#: a log axis when the shown scores (or their distances from a bound) span at least this ratio
-_LOG_RATIO = 1e3
-#: a set piles against a bound when at least this share of it falls in the first or last bin
-_PILE_SHARE = 0.5
+#: a linear axis is kept unless the central 90% of a set covers less than this share of it
+_CRAMMED = 0.15
+#: a log axis replaces it only when it spreads the least spread set this many times as wide
+_LOG_GAIN = 2.0
+#: and a log axis of the scores is preferred to one of their distances from a bound unless the latter spreads
+#: the least spread set this many times as wide
+_DISTANCE_PENALTY = 1.5
 #: one bar per distinct score when there are at most this many, and four samples or more per value
 _MAX_DISTINCT = 20
 
@@ -337,11 +341,12 @@ def histogram_axis(sets: Mapping[str, Any], bins: int = 50, share: float = 0.99)
 
     - ``"distinct"`` when the scores take at most 20 distinct values, four samples or more per value on
       average (e.g. a score rounded to one decimal): one bin per value, nothing beyond the axis;
-    - else ``"log"`` when the quantiles above are positive and three orders of magnitude apart or more
-      (e.g. Gram deviations from 1 to 1e9), and ``"linear"`` otherwise;
-    - but ``"log-distance"`` when half a set or more piles into the first (or last) bin of that axis and
-      the same quantiles of the distances from the lowest (or highest) score are three orders of magnitude
-      apart (e.g. MSP, whose ID scores sit within 1e-6 of -1).
+    - else ``"linear"``, unless it crams a set: the central 90% of some set covers less than 15% of the
+      axis (e.g. Gram deviations: ID from 1 to 10 on an axis to 1e9; MSP: ID within 1e-6 of -1 on an
+      axis to -0.3). A log axis then replaces it if it spreads the least spread set twice as wide or
+      more: ``"log"`` (of the scores, when the quantiles above are positive) or ``"log-distance"`` (of
+      their distance from the lowest or highest score, or a round bound just beyond it, such as MSP's
+      -1), the latter only when it does 1.5 times as well as the former.
 
     Bins are equally wide in axis units in every case.
 
@@ -356,7 +361,7 @@ def histogram_axis(sets: Mapping[str, Any], bins: int = 50, share: float = 0.99)
     raw = {name: np.asarray(values, dtype=np.float64).ravel() for name, values in sets.items()}
     finite = {name: values[np.isfinite(values)] for name, values in raw.items()}
     present = [values for values in finite.values() if values.size]
-    scale, origin, direction = _choose_scale(present, share, bins)
+    scale, origin, direction = _choose_scale(present, share)
     values = None
     if not present:
         edges = np.linspace(-0.5, 0.5, bins + 1)
@@ -381,33 +386,50 @@ def histogram_axis(sets: Mapping[str, Any], bins: int = 50, share: float = 0.99)
     return axis
 
 
-def _choose_scale(sets: list[np.ndarray], share: float, bins: int) -> tuple[str, float | None, int]:
+def _choose_scale(sets: list[np.ndarray], share: float) -> tuple[str, float | None, int]:
     """``(scale, origin, direction)`` of :class:`HistogramAxis` for the finite scores of each set."""
     if not sets:
         return "linear", None, 1
     n_distinct = np.unique(np.concatenate(sets)).size
     if n_distinct <= _MAX_DISTINCT and 4 * n_distinct <= sum(v.size for v in sets):
         return "distinct", None, 1
-    low, high = _quantile_limits(sets, share)
-    if low > 0 and high / low >= _LOG_RATIO:
-        scale, edges = "log", _log_edges(*_robust_limits(sets, share, log=True), bins)
-    else:
-        scale, edges = "linear", np.linspace(*_robust_limits(sets, share, log=False), bins + 1)
-    first = max(np.count_nonzero(v <= edges[1]) / v.size for v in sets)
-    last = max(np.count_nonzero(v >= edges[-2]) / v.size for v in sets)
-    if max(first, last) < _PILE_SHARE:
-        return scale, None, 1
-    direction = 1 if first >= last else -1
+    linear = _spread(sets, share, "linear", None, 1)
+    if linear >= _CRAMMED:
+        return "linear", None, 1
+    candidates = []
+    if _quantile_limits(sets, share)[0] > 0:
+        candidates.append((_spread(sets, share, "log", None, 1), ("log", None, 1)))
     everything = np.concatenate(sets)
-    origin = float(everything.min() if direction > 0 else everything.max())
-    distances = [d[d > 0] for d in (direction * (v - origin) for v in sets) if (d > 0).any()]
-    if distances:
-        d_low, d_high = _quantile_limits(distances, share)
-        if d_high / d_low >= _LOG_RATIO:
-            # a round bound (MSP's -1) when it moves the typical distance of the piled set by 1% at most
+    for direction, origin in ((1, float(everything.min())), (-1, float(everything.max()))):
+        distances = [d[d > 0] for d in (direction * (v - origin) for v in sets) if (d > 0).any()]
+        if distances:
+            # a round bound (MSP's -1) when it moves the typical distance of each set by 1% at most
             tolerance = 0.01 * min(float(np.median(d)) for d in distances)
-            return "log-distance", _round_bound(origin, direction, tolerance), direction
-    return scale, None, 1
+            choice = ("log-distance", _round_bound(origin, direction, tolerance), direction)
+            candidates.append((_spread(sets, share, *choice) / _DISTANCE_PENALTY, choice))
+    spread, choice = max(candidates, key=lambda candidate: candidate[0], default=(0.0, None))
+    return choice if spread >= _LOG_GAIN * linear and spread > 0 else ("linear", None, 1)
+
+
+def _spread(sets: list[np.ndarray], share: float, scale: str, origin: float | None, direction: int) -> float:
+    """How spread out the least spread set is on an axis: the central 90% of its scores as a share of the
+    axis (the limits of :func:`histogram_axis`), in that axis's units."""
+    if scale == "log-distance":
+        sets = [direction * (v - origin) for v in sets]
+    if scale == "linear":
+        low, high = _robust_limits(sets, share, log=False)
+        transform = np.asarray
+    else:
+        positive = [v[v > 0] for v in sets if (v > 0).any()]
+        if not positive:
+            return 0.0
+        low, high = _robust_limits(positive, share, log=True)
+        transform = np.log10
+    width = float(transform(high) - transform(low))
+    if width <= 0:
+        return 0.0
+    central = [np.quantile(transform(np.clip(v, low, high)), [0.05, 0.95]) for v in sets]
+    return min(float(q95 - q05) for q05, q95 in central) / width
 
 
 def _round_bound(origin: float, direction: int, tolerance: float) -> float:
@@ -517,7 +539,8 @@ class Report:
     ood_names : list of str
         The OOD sets, in the order given.
     groups : dict of str to list of str
-        The groups of OOD sets (a group of one set has no mean row of its own: its set's row is its mean).
+        The groups of OOD sets. A group of one set has no mean row of its own (its set's row is its mean),
+        nor has a group of every set (the overall mean is its mean).
     id_accuracy : float or None
         The model's top-1 accuracy on the ID data (argmax of the logits against its labels); None without
         labels.
@@ -630,8 +653,10 @@ class Report:
         if ood in self.ood_names:
             return ood
         if ood in self.groups:
-            members = self.groups[ood]
-            return members[0] if len(members) == 1 else mean_label(ood)
+            members = set(self.groups[ood])
+            if len(members) == 1:
+                return self.groups[ood][0]
+            return self._ood_label(None) if members == set(self.ood_names) else mean_label(ood)
         if ood == "all":
             return self._ood_label(None)
         labels = {row["ood"] for row in self.rows}
@@ -898,8 +923,8 @@ class Report:
             f"<h2>Summary: {_escape(self.primary_metric)}</h2>",
             self._pivot_html(),
             f'<p class="note">{_escape(self._sort_note())} In each column the best value is in bold (unless '
-            "all detectors tie); means are over the OOD sets of a group, and a group of one set has no mean "
-            "of its own.</p>",
+            "all detectors tie); means are over the OOD sets of a group, and a group of one set (or of every "
+            "set) has no mean row of its own.</p>",
             "<h2>All metrics</h2>",
             '<ul class="legend">'
             + "".join(
@@ -1119,7 +1144,7 @@ h3 { font-size: 1.05em; margin: 18px 0 6px; }
 .meta { color: #57606a; margin: 0 0 8px; }
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0 10px; width: 100%; }
 th, td { padding: 4px 12px; border-bottom: 1px solid #d8dee4; text-align: right; white-space: nowrap;
-         font-variant-numeric: tabular-nums; }
+         font-variant-numeric: tabular-nums; vertical-align: baseline; }
 th { background: #f6f8fa; border-bottom: 2px solid #afb8c1; }
 th.name, td.name { text-align: left; }
 th.rank, td.rank { text-align: right; width: 2em; color: #57606a; }
@@ -1193,7 +1218,8 @@ def draw_histograms(
             weights = np.full(coordinates.size, 1.0 / max(np.size(scores), 1))
             ax.hist(coordinates, bins=axis.edges, weights=weights, alpha=0.55, color=color, label=label)
         if axis.scale == "linear":
-            ax.locator_params(axis="x", nbins=5)
+            ax.locator_params(axis="x", nbins=4)
+            ax.ticklabel_format(axis="x", useOffset=False)  # an offset would sit on the axis label
         else:
             ax.set_xscale("log")
         ax.set_xlim(axis.edges[0], axis.edges[-1])
