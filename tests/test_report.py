@@ -228,6 +228,10 @@ def test_the_best_value_of_each_column_is_marked_in_every_format(report, page, t
                 best.get((label, "auroc")) == report.value(cells[1][1], label)
             )
             assert text == f"{report.value(cells[1][1], label):.4f}"
+    notebook = report._repr_html_()
+    marked = [(row, metric) for row in report.rows for metric in report.metrics if is_best(row, metric)]
+    assert "<style" not in notebook, "a notebook's page keeps its own styles"
+    assert notebook.count("<b>") == len(marked) + sum(metric == "auroc" for _, metric in marked)
     bold = [cells[1][1] for cells in pivot if "best" in cells[-1][0].split()]
     assert bold == [name for name in report.order if report.value(name) == best["all (mean)", "auroc"]]
 

@@ -31,6 +31,7 @@ from .._version import __version__
 from ..detectors.base import Detector
 from ..features import Features
 from ..metrics import auroc, roc_curve
+from ..needs import PassKind
 from ._common import higher_is_better
 
 __all__ = ["DEFAULT_METRICS", "BestDetector", "HistogramAxis", "Report", "draw_histograms", "histogram_axis"]
@@ -104,8 +105,10 @@ def describe_run(
     """The provenance of a report, as plain JSON-ready objects: what produced it and when.
 
     ``model`` is a :class:`~oodscope.BoundModel` or None (every dataset given as Features); ``datasets``
-    maps ``"fit"``, ``"id"`` and each OOD set's name to what was given. Nothing here imports a framework:
-    the model is described from its type and the methods it has.
+    maps ``"fit"``, ``"id"`` and each OOD set's name to what was given. No framework is imported that the
+    model's own has not: the model is described from its type, its own methods (``count_params``,
+    ``parameters``) and its backend (the hash of its head's weights, as
+    :func:`oodscope.fingerprint.fingerprint` takes it).
     """
     group_of: dict[str, list[str]] = {}
     for group, members in groups.items():
@@ -164,8 +167,14 @@ def _describe_model(bound: Any) -> dict[str, Any]:
         "parameters": _parameter_count(model),
         "options": {
             name: _plain(getattr(bound, name))
-            for name in ("head_layer_id", "feature_layers_id", "postproc_fns", "batch_size")
-            + ("input_key", "label_key")
+            for name in (
+                "head_layer_id",
+                "feature_layers_id",
+                "postproc_fns",
+                "batch_size",
+                "input_key",
+                "label_key",
+            )
             if getattr(bound, name) is not None
         },
     }
@@ -200,9 +209,8 @@ def _describe_data(data: Any) -> str | None:
     if data is None:
         return None
     if isinstance(data, Features):
-        return (
-            f"Features ({', '.join(['logits'] * (data.logits is not None) + [str(k) for k in data.layers])})"
-        )
+        parts = (["logits"] if data.logits is not None else []) + [str(key) for key in data.layers]
+        return f"Features ({', '.join(parts)})"
     if isinstance(data, tuple) and 1 < len(data) <= 3 and all(hasattr(part, "shape") for part in data):
         return "(inputs, labels): " + ", ".join(_describe_data(part) or "" for part in data)
     shape, dtype = getattr(data, "shape", None), getattr(data, "dtype", None)
@@ -229,9 +237,8 @@ def _describe_detector(detector: Detector, layers: Any) -> dict[str, Any]:
     if "labels" in detector.requires:
         reads.append("labels (fit)")
     described["reads"] = reads
-    kind = needs.kind()
-    if kind != type(kind)():
-        described["pass"] = str(kind)
+    if needs.kind() != PassKind():
+        described["pass"] = str(needs.kind())
     return described
 
 
@@ -579,7 +586,7 @@ class Report:
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        order = self._ranked_names()
+        order = self.order
         position = {name: index for index, name in enumerate(order)}
 
         def ordered(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -604,32 +611,30 @@ class Report:
         """The row the order is read from: ``"all (mean)"`` with several OOD sets, else the one set."""
         return self._ood_label(None)
 
-    def _ranked_names(self) -> list[str]:
-        """Detectors with a primary value, best first (ties in the order given), then the others."""
-        names = list(dict.fromkeys([*(row["detector"] for row in self.rows), *self.id_scores]))
-        names += [name for name in self.provenance.get("detectors", {}) if name not in names]
-        names += [e["detector"] for e in self.errors if e["detector"] not in names]
-        values = {
-            row["detector"]: row.get(self.primary_metric)
+    def primary_values(self) -> dict[str, float]:
+        """Each detector's value of the primary metric on :attr:`primary_label`, where it has one."""
+        metric, label = self.primary_metric, self.primary_label
+        return {
+            row["detector"]: row[metric]
             for row in self.rows
-            if row["ood"] == self.primary_label and row.get(self.primary_metric) is not None
+            if row["ood"] == label and row[metric] is not None
         }
-        sign = -1.0 if higher_is_better(self.primary_metric) else 1.0
-        return sorted(names, key=lambda name: (name not in values, sign * values.get(name, 0.0)))
 
     @property
     def order(self) -> list[str]:
-        """Every detector, failed ones included, in the report's one order: best first."""
-        return self._ranked_names()
+        """Every detector in the report's one order: by :meth:`primary_values`, best first (ties in the order
+        given), then those without a value (failed ones)."""
+        names = list(dict.fromkeys([*(row["detector"] for row in self.rows), *self.id_scores]))
+        names += [name for name in self.provenance.get("detectors", {}) if name not in names]
+        names += [e["detector"] for e in self.errors if e["detector"] not in names]
+        values = self.primary_values()
+        sign = -1.0 if higher_is_better(self.primary_metric) else 1.0
+        return sorted(names, key=lambda name: (name not in values, sign * values.get(name, 0.0)))
 
     def ranks(self) -> dict[str, int | None]:
-        """Each detector's rank by the primary metric over all OOD sets (1 = best; ties share a rank; None
-        without a value)."""
-        values = {
-            row["detector"]: row[self.primary_metric]
-            for row in self.rows
-            if row["ood"] == self.primary_label and row[self.primary_metric] is not None
-        }
+        """Each detector's rank by :meth:`primary_values` (1 = best; ties share a rank; None without a
+        value)."""
+        values = self.primary_values()
         sign = 1.0 if higher_is_better(self.primary_metric) else -1.0
         return {
             name: (
@@ -805,7 +810,7 @@ class Report:
 
     def _repr_html_(self) -> str:
         """The summary and the full table, for notebooks (no figures; see :meth:`to_html`)."""
-        return f"<style>{_CSS}</style>" + self._pivot_html() + self._table_html()
+        return self._pivot_html() + self._table_html()
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the metric table: ``rank,detector,ood,<metrics>,best`` (``best``: the metrics, space
@@ -829,7 +834,7 @@ class Report:
                 {
                     "rank": ranks[name],
                     "detector": name,
-                    self.primary_metric: self._primary_value(name),
+                    self.primary_metric: self.primary_values().get(name),
                     "status": self._status(name),
                 }
                 for name in self.order
@@ -869,16 +874,6 @@ class Report:
             ) from error
         rows = [row | {"best": " ".join(row["best"])} for row in self.table()]
         return pd.DataFrame(rows, columns=["rank", *self.columns, "best"])
-
-    def _primary_value(self, name: str) -> float | None:
-        return next(
-            (
-                row[self.primary_metric]
-                for row in self.rows
-                if row["detector"] == name and row["ood"] == self.primary_label
-            ),
-            None,
-        )
 
     def _status(self, name: str) -> str:
         failures = [e for e in self.errors if e["detector"] == name]
@@ -1124,7 +1119,9 @@ def _setting_text(value: Any) -> str:
 def _value_cell(value: float | None, classes: str, best: bool) -> str:
     if value is None:
         return f'<td class="missing {classes}">&ndash;</td>'
-    return f'<td class="{classes}{" best" * best}">{value:.4f}</td>'
+    if best:  # <b> too, so that the mark shows without the page's styles (in a notebook)
+        return f'<td class="{classes} best"><b>{value:.4f}</b></td>'
+    return f'<td class="{classes}">{value:.4f}</td>'
 
 
 def _seconds(value: float | None) -> str:
