@@ -311,6 +311,8 @@ def test_provenance_says_what_produced_the_report(report, page):
         shown = f"{entry['class']}({params_text(entry['params'])})"
         assert html.escape(shown) in page, name
     assert "KNN(k=5, backend=&#x27;auto&#x27;, layers=None, aggregator=None)" in page
+    data = [[text for _, text in row] for row in html_table(page, "provenance", index=0)]
+    assert data[3] == ["noise", "ood", "far", "160", "Features (logits, penultimate)", "0.000"]
     first_line = report.to_markdown().splitlines()[0]
     assert first_line.startswith(f"oodscope {oodscope.__version__}, {prov['created']}. Scores from Features")
 
@@ -393,6 +395,11 @@ def test_a_report_built_by_hand_renders_without_provenance(tmp_path):
     )
     assert report.order == ["b", "a"] and [row["detector"] for row in report.rows] == ["b", "a"]
     assert report.to_markdown().startswith("Samples: id 5, x 5. Detectors sorted by auroc on its OOD set")
+    report.provenance["datasets"] = {
+        "x": {"role": "ood", "n_samples": 5, "source": "x.npz", "data": "ndarray"}
+    }
+    page = report.to_html(tmp_path / "r.html", figures=False).read_text()
+    assert '<td class="text">x.npz: ndarray</td>' in page
     page = report.to_html(tmp_path / "r.html", figures=False).read_text()
     assert "MSP()" in page and "GEN(gamma=0.1, k=100)" in page
 

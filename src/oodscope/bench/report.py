@@ -567,9 +567,11 @@ class Report:
         "total": s}``; a detector's score time includes its own passes when it needs input gradients.
     provenance : dict
         What produced the report (see ``describe_run``): the oodscope, Python, numpy and framework
-        versions, the date and time, the model (class, framework, number of parameters, pass options), the
-        datasets (sizes, groups, what was given), every detector with all its parameters and what it reads,
-        the metric conventions and the settings. Empty for a report built by hand.
+        versions, the date and time, the model (class, framework, number of parameters, hash of the head's
+        weights, pass options), the datasets (sizes, groups, what was given), every detector with all its
+        parameters and what it reads, the metric conventions and the settings. Empty for a report built by
+        hand. A caller that knows where a dataset came from (a file, a data set spec) may add it as the
+        ``"source"`` of its entry in ``provenance["datasets"]``; the HTML shows it.
     """
 
     rows: list[dict[str, Any]]
@@ -747,9 +749,10 @@ class Report:
     def header(self) -> str:
         """One paragraph: oodscope version, date, model, ID accuracy, data sizes and the sort order."""
         prov, parts = self.provenance, []
-        if prov:
-            parts.append(f"oodscope {prov.get('oodscope')}, {prov.get('created')}.")
-            model = prov.get("model")
+        if "oodscope" in prov:
+            parts.append(f"oodscope {prov['oodscope']}, {prov.get('created')}.")
+        if "model" in prov:
+            model = prov["model"]
             parts.append(
                 "Scores from Features (no model)." if model is None else f"Model: {_model_text(model)}."
             )
@@ -1017,25 +1020,20 @@ class Report:
     def _provenance_html(self) -> str:
         prov = self.provenance
         facts: list[tuple[str, str]] = []
-        if prov:
+        if "oodscope" in prov:
             versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
-            facts += [
-                ("oodscope", f"{prov.get('oodscope')} ({versions})"),
-                ("created", str(prov.get("created"))),
-            ]
-            model = prov.get("model")
-            facts.append(
-                (
-                    "model",
-                    "none: every dataset was given as Features"
-                    if model is None
-                    else _model_text(model, True),
-                )
-            )
-            if model and model.get("options"):
-                facts.append(("pass options", params_text(model["options"])))
-            for key, value in prov.get("settings", {}).items():
-                facts.append((key, _setting_text(value)))
+            facts.append(("oodscope", f"{prov['oodscope']} ({versions})"))
+        if "created" in prov:
+            facts.append(("created", prov["created"]))
+        if "model" in prov:
+            model = prov["model"]
+            if model is None:
+                facts.append(("model", "none: every dataset was given as Features"))
+            else:
+                facts.append(("model", _model_text(model, full=True)))
+                if model.get("options"):
+                    facts.append(("pass options", params_text(model["options"])))
+        facts += [(key, _setting_text(value)) for key, value in prov.get("settings", {}).items()]
         if self.id_accuracy is not None:
             facts.append(("ID accuracy", f"{self.id_accuracy:.4f}"))
         if self.timings.get("total") is not None:
@@ -1058,7 +1056,7 @@ class Report:
             f'<tr><td class="name">{_escape(name)}</td><td class="name">{_escape(d["role"])}</td>'
             f'<td class="name">{_escape(", ".join(d.get("groups", [])))}</td>'
             f"<td>{'not run' if d['n_samples'] is None else d['n_samples']}</td>"
-            f'<td class="text">{_escape(d.get("data") or "")}</td>'
+            f'<td class="text">{_escape(": ".join(filter(None, [d.get("source"), d.get("data")])))}</td>'
             f"<td>{_seconds(passes.get(name if name in ('fit', 'id') else f'ood:{name}'))}</td></tr>"
             for name, d in datasets.items()
         )
