@@ -9,7 +9,9 @@ results only; logs, warnings and progress bars (on a terminal) go to standard er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -280,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, LayerNotFoundError) as error:  # a layer named in a detector's arguments
         sys.stderr.write(f"oodscope {args.command}: {error}\n")
         return 2
+    except BrokenPipeError:  # the reader went away (`oodscope score ... | head`): not worth a message
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 1
     except Exception as error:  # a clear one-line message; --verbose shows the traceback
         if verbose:
             raise
