@@ -564,7 +564,7 @@ class Report:
         model lacks), ``"fit"``, ``"score"`` or ``"metrics"`` (e.g. non-finite scores).
     timings : dict
         Seconds spent: ``{"extract": {dataset: s}, "fit": {detector: s}, "score": {detector: s},
-        "total": s}``; a detector's score time includes its own passes when it needs input gradients.
+        "total": s}``; a dataset's extraction time includes every pass over it, perturbed ones (ODIN) too.
     provenance : dict
         What produced the report (see ``describe_run``): the oodscope, Python, numpy and framework
         versions, the date and time, the model (class, framework, number of parameters, hash of the head's
