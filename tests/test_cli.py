@@ -411,3 +411,65 @@ def test_a_model_error_is_reported_with_its_batch(saved, tmp_path, capsys):
     assert main([*args, "--inputs", str(tmp_path / "small.npz"), "--out", str(tmp_path / "s.csv")]) == 1
     err = capsys.readouterr().err
     assert "error: RuntimeError" in err and "batch 1: inputs of shape (10, 1, 6, 6)" in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs Keras")
+def test_legacy_h5_models_go_through_the_cli(tmp_path, capsys):
+    model = str(tmp_path / "mlp.h5")
+    args = ["train", "--data", TRAIN, "--out", model, "--architecture", "toy_mlp", "--epochs", "1"]
+    assert _run(capsys, *args)[0] == 0
+    detector = str(tmp_path / "react.oodscope")
+    args = ["fit", "--model", model, "--detector", "ReAct(Energy())", "--data", TRAIN, "--out", detector]
+    assert _run(capsys, *args)[0] == 0
+    code, out, err = _run(capsys, "score", "--detector", detector, "--model", model, "--inputs", OOD)
+    assert code == 0 and out.startswith("index,score\n") and err == ""
+
+
+def _mnist_available() -> bool:
+    from oodscope.data import DatasetNotAvailableError
+
+    try:
+        load_named("mnist", "test")
+        load_named("fashion_mnist", "test")
+    except DatasetNotAvailableError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".keras", ".pt"])
+def test_mnist_round_trip(suffix, tmp_path, capsys):
+    """The README's commands on real data, one epoch of the small MLP: digits 0-4 against 5-9 and fashion."""
+    if importlib.util.find_spec("keras" if suffix == ".keras" else "torch") is None:
+        pytest.skip("framework not installed")
+    if not _mnist_available():
+        pytest.skip("MNIST / Fashion-MNIST not installed")
+    model = str(tmp_path / f"toy{suffix}")
+    args = [
+        "train",
+        "--data",
+        "mnist:train:0-4",
+        "--out",
+        model,
+        "--architecture",
+        "toy_mlp",
+        "--epochs",
+        "1",
+    ]
+    code, out, err = _run(capsys, *args, "--validation", "mnist:test:0-4")
+    assert code == 0, err
+    assert float(out.splitlines()[1].rsplit(" ", 1)[1]) > 0.95
+    report = tmp_path / "report"
+    args = ["bench", "--model", model, "--fit", "mnist:train:0-4", "--id", "mnist:test:0-4", "--ood"]
+    args += ["near=mnist:test:5-9", "far=fashion_mnist:test", "--detectors", "GEN()", "KNN(k=10)"]
+    code, out, err = _run(capsys, *args, "--out", str(report), "--save-detectors", str(tmp_path / "dets"))
+    assert code == 0, err
+    rows = [
+        r for r in json.loads((report / "report.json").read_text())["rows"] if r["detector"] == "KNN(k=10)"
+    ]
+    assert {row["ood"]: row["auroc"] for row in rows}["far"] > 0.8  # one epoch of an MLP: far above chance
+    code, out, err = _run(
+        capsys, "score", "--detector", str(tmp_path / "dets" / "KNN_k=10.oodscope"), "--model", model,
+        "--inputs", "fashion_mnist:test",
+    )  # fmt: skip
+    assert code == 0 and len(out.splitlines()) == 10_001
