@@ -22,6 +22,7 @@ import ast
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
 import math
@@ -70,12 +71,22 @@ def quiet_frameworks(verbose: bool) -> None:
 
 
 def import_framework(module: str) -> Any:
-    """``import module`` (e.g. ``keras``, which imports TensorFlow), with the process's standard error
-    silenced meanwhile when the command is quiet: native libraries write there directly."""
-    if module in sys.modules or not _QUIET["imports"]:
+    """``import module`` with the process's standard error silenced meanwhile when the command is quiet:
+    native libraries write there directly. For ``keras``, TensorFlow is imported first when it is installed,
+    whatever the Keras backend: Keras reads arrays and files through it on every backend, later."""
+    if not _QUIET["imports"]:
         return __import__(module)
-    with _native_stderr_silenced():
-        return __import__(module)
+    wanted = [module]
+    if module == "keras" and importlib.util.find_spec("tensorflow") is not None:
+        wanted.insert(0, "tensorflow")
+    with (
+        _native_stderr_silenced()
+        if any(name not in sys.modules for name in wanted)
+        else contextlib.nullcontext()
+    ):
+        for name in wanted:
+            imported = __import__(name)
+    return imported
 
 
 @contextlib.contextmanager
