@@ -222,7 +222,7 @@ def test_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
         ([*bench[:4], "digits:test:0-12", *bench[5:]], "--id: digits has classes 0 to 9"),
         ([*bench[:4], "digits:test:a-b", *bench[5:]], "cannot read the classes"),
         ([*bench[:6], "noise", *bench[7:]], "--ood takes NAME=SPEC"),
-        ([*bench[:6], f"far={tmp_path / 'none.npz'}", *bench[7:]], "--ood far=: no data file at"),
+        ([*bench[:6], f"far={tmp_path / 'none.npz'}", *bench[7:]], "--ood far: no data file at"),
         ([*bench[:-1], "Nope()"], "Unknown detector 'Nope'"),
         ([*bench[:-1], "GEN(gamma=-1)"], "In 'GEN(gamma=-1)'"),
         ([*fit, "--calibrate", TEST, "--tpr", "1.5"], "--tpr must be in (0, 1]"),

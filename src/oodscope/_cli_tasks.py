@@ -536,7 +536,7 @@ def run_bench(config: dict[str, Any]) -> tuple[Any, list[str]]:
     detectors = [parse_detector(d) if isinstance(d, str) else d for d in detector_specs]
     specs = {"fit": parse_data_spec(config["fit"], "--fit") if config.get("fit") else None}
     specs["id"] = parse_data_spec(config["id"], "--id")
-    ood_specs = {name: parse_data_spec(spec, f"--ood {name}=") for name, spec in ood.items()}
+    ood_specs = {name: parse_data_spec(spec, f"--ood {name}") for name, spec in ood.items()}
     model_path = check_model_path(config["model"])
     out = Path(config.get("out") or "oodscope_report")
     save_to = Path(config["save_detectors"]) if config.get("save_detectors") else None
