@@ -515,3 +515,10 @@ def test_keras_model():
         )
     predictions = keras.ops.convert_to_numpy(model(ind[0])).argmax(1)
     assert report.id_accuracy == pytest.approx(np.mean(predictions == ind[1]))
+
+
+def test_an_ood_set_cannot_take_the_name_of_the_fit_or_id_data(data):
+    fit, ind, oods = data
+    for name in ("id", "fit"):
+        with pytest.raises(ValueError, match=f"cannot be named '{name}'"):
+            evaluate(CountingModel(), fit, ind, {name: oods["wide"]}, [GEN()], progress=False)

@@ -15,13 +15,13 @@ import pytest
 from oodscope import GEN, KNN, ReAct, load
 from oodscope._cli_tasks import (
     UsageError,
-    conformal_pvalues,
     detector_file_name,
     parse_data_spec,
     parse_detector,
 )
 from oodscope.cli import main
 from oodscope.data import load_named
+from oodscope.metrics import conformal_pvalues
 
 # scikit-learn's 8x8 digits ship with scikit-learn: small, offline, always there
 TRAIN, TEST, OOD = "digits:train:0-4", "digits:test:0-4", "digits:test:5-9"

@@ -43,6 +43,7 @@ from .metrics import (
     aupr_out,
     auroc,
     bench_metrics,
+    conformal_pvalues,
     detect_acc,
     fpr_at_tpr,
     roc_curve,
@@ -50,7 +51,7 @@ from .metrics import (
     tnr_at_tpr,
 )
 from .needs import Needs, Perturbation
-from .persistence import load
+from .persistence import ModelMismatchError, load
 from .shaping import ASH, SCALE, ReAct
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "Needs",
     "Perturbation",
     "bind",
+    "conformal_pvalues",
+    "ModelMismatchError",
     "roc_curve",
     "threshold_at_tpr",
     "DKNN",

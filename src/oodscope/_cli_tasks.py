@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .detectors.base import Detector
+from .metrics import conformal_pvalues
 
 log = logging.getLogger(__name__)
 
@@ -637,11 +638,3 @@ def run_score(
             conformal_pvalues(scores, detector.calibration_scores_),
         ]
     return columns, list(zip(*table, strict=True))
-
-
-def conformal_pvalues(scores: np.ndarray, calibration_scores: np.ndarray) -> np.ndarray:
-    """``(1 + #{calibration scores >= s}) / (n + 1)`` for each score, as :meth:`Detector.pvalues` computes
-    them, from scores already at hand (so that ``score`` runs the model once)."""
-    calibration = np.sort(np.asarray(calibration_scores))
-    at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
-    return (1.0 + at_least) / (calibration.size + 1.0)

@@ -42,7 +42,8 @@ class BoundModel:
     input_key, label_key : str, optional
         Keys of the input and the label in dict batches.
     progress : bool, optional
-        ``True`` always shows a progress bar, ``False`` never; by default one appears after 2 seconds.
+        ``True`` always shows a progress bar (on standard error), ``False`` never; by default one appears
+        after 2 seconds, and only when standard error is a terminal.
     """
 
     model: Any

@@ -782,3 +782,21 @@ def detect_acc(scores_in: Any, scores_out: Any) -> float:
     """
     s_in, s_out = _validate_pair(scores_in, scores_out, "scores_in", "scores_out")
     return float(_RankedCurve(s_in, s_out).detect_acc())
+
+
+def conformal_pvalues(scores: Any, calibration_scores: Any) -> np.ndarray:
+    """Conformal p-values of ``scores`` against held-out ID ``calibration_scores`` (higher = more OOD):
+    ``p(s) = (1 + #{calibration scores >= s}) / (n + 1)``, float64.
+
+    If the calibration samples and a test sample are exchangeable, P(p <= a) <= a for every level a, so
+    flagging p <= a wrongly flags at most a share a of ID data (on average over calibration sets).
+    :meth:`Detector.pvalues <oodscope.detectors.Detector.pvalues>` computes these from its calibration.
+
+    >>> conformal_pvalues([0.5, 10.0, -1.0], [0.0, 1.0, 2.0, 3.0]).tolist()
+    [0.8, 0.2, 1.0]
+    """
+    calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    at_least = calibration.size - np.searchsorted(
+        calibration, np.asarray(scores, dtype=np.float64), side="left"
+    )
+    return (1.0 + at_least) / (calibration.size + 1.0)

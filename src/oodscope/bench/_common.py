@@ -201,6 +201,10 @@ def as_named(datasets: Any, default_name: str) -> dict[str, Any]:
         for key in datasets:
             if not isinstance(key, str):
                 raise TypeError(f"Dataset names must be strings; got {key!r}.")
+            if key in ("fit", "id"):
+                raise ValueError(
+                    f"An OOD set cannot be named {key!r}: that name stands for the {key} data. Rename it."
+                )
         return dict(datasets)
     return {default_name: datasets}
 

@@ -268,11 +268,10 @@ class Detector(LearnedState):
         P(p(x) <= a) <= a; flagging p <= a as OOD therefore wrongly flags at most a share a of ID data (on
         average over calibration sets). Small p-values mean unlike the ID data.
         """
+        from ..metrics import conformal_pvalues
+
         self._check_calibrated()
-        scores = self.score(data, **pass_options).scores
-        calibration = self.calibration_scores_
-        at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
-        return (1.0 + at_least) / (calibration.size + 1.0)
+        return conformal_pvalues(self.score(data, **pass_options).scores, self.calibration_scores_)
 
     def _check_calibrated(self) -> None:
         if getattr(self, "threshold_", None) is None:
