@@ -36,9 +36,11 @@ def progress_bar(iterable: Any = None, progress: bool | None = None, **options: 
     """A tqdm bar on standard error: ``progress=True`` always, ``False`` never, ``None`` (the default of every
     ``progress`` option) only when standard error is a terminal, and then only for loops that last over 2
     seconds. So piped output, logs and CI stay clean, and library code never writes to standard output."""
-    from tqdm.auto import tqdm
-
     shown = _stderr_is_terminal() if progress is None else bool(progress)
+    if shown:
+        from tqdm.auto import tqdm  # a notebook widget where one can be drawn
+    else:
+        from tqdm import tqdm  # tqdm.auto would warn in a notebook without ipywidgets, even for no bar
     return tqdm(iterable, disable=not shown, delay=2.0 if progress is None else 0, **options)
 
 
