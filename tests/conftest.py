@@ -51,3 +51,16 @@ def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int
 @pytest.fixture(scope="session")
 def toy() -> dict[str, Features]:
     return make_toy()
+
+
+def mnist_and_fashion_installed() -> bool:
+    """Whether the offline MNIST and Fashion-MNIST packages are installed (real-data CLI tests need both)."""
+    from oodscope.data import DatasetNotAvailableError
+    from oodscope.data.sources import load_named
+
+    try:
+        load_named("mnist", "test")
+        load_named("fashion_mnist", "test")
+    except DatasetNotAvailableError:
+        return False
+    return True

@@ -23,6 +23,8 @@ from oodscope.cli import main
 from oodscope.data import load_named
 from oodscope.metrics import conformal_pvalues
 
+from conftest import mnist_and_fashion_installed
+
 # scikit-learn's 8x8 digits ship with scikit-learn: small, offline, always there
 TRAIN, TEST, OOD = "digits:train:0-4", "digits:test:0-4", "digits:test:5-9"
 
@@ -425,24 +427,13 @@ def test_legacy_h5_models_go_through_the_cli(tmp_path, capsys):
     assert code == 0 and out.startswith("index,score\n") and err == ""
 
 
-def _mnist_available() -> bool:
-    from oodscope.data import DatasetNotAvailableError
-
-    try:
-        load_named("mnist", "test")
-        load_named("fashion_mnist", "test")
-    except DatasetNotAvailableError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".keras", ".pt"])
 def test_mnist_round_trip(suffix, tmp_path, capsys):
     """The README's commands on real data, one epoch of the small MLP: digits 0-4 against 5-9 and fashion."""
     if importlib.util.find_spec("keras" if suffix == ".keras" else "torch") is None:
         pytest.skip("framework not installed")
-    if not _mnist_available():
+    if not mnist_and_fashion_installed():
         pytest.skip("MNIST / Fashion-MNIST not installed")
     model = str(tmp_path / f"toy{suffix}")
     args = [

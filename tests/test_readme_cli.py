@@ -14,6 +14,8 @@ import pytest
 
 from oodscope.cli import main
 
+from conftest import mnist_and_fashion_installed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,17 +31,6 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-def data_installed() -> bool:
-    from oodscope.data.sources import DatasetNotAvailableError, load_named
-
-    try:
-        load_named("mnist", "test")
-        load_named("fashion_mnist", "test")
-    except DatasetNotAvailableError:
-        return False
-    return True
-
-
 def test_the_readme_shows_the_whole_round_trip():
     assert [command[0] for command in readme_commands()] == ["train", "fit", "bench", "score"]
 
@@ -49,7 +40,7 @@ def test_the_readme_shows_the_whole_round_trip():
 def test_the_readme_commands_run_as_written(framework, tmp_path, monkeypatch, capsys):
     if importlib.util.find_spec(framework) is None:
         pytest.skip(f"{framework} is not installed")
-    if not data_installed():
+    if not mnist_and_fashion_installed():
         pytest.skip("MNIST / Fashion-MNIST are not installed")
     monkeypatch.chdir(tmp_path)
     for command in readme_commands():
