@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from oodscope import GEN, ReAct, load
+from oodscope import GEN, Features, Mahalanobis, ReAct, load
 from oodscope.persistence import DetectorFileError
 
 from conftest import make_toy
@@ -137,3 +137,14 @@ def test_threshold_uses_float_tpr_like_the_metrics():
         det.calibrate(TOY["id"], tpr=95)
     with pytest.raises(Exception, match="no threshold yet"):
         GEN().predict(TOY["id"])
+
+
+def test_arrays_come_back_in_their_memory_order(tmp_path):
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(300, 20))
+    det = Mahalanobis().fit(Features(layers={"penultimate": h}, labels=rng.integers(0, 3, 300)))
+    assert det.whitening_.flags.f_contiguous and not det.whitening_.flags.c_contiguous
+    loaded = load(det.save(tmp_path / "m.oodscope"))
+    assert loaded.whitening_.flags.f_contiguous and np.array_equal(loaded.whitening_, det.whitening_)
+    test = Features(layers={"penultimate": rng.normal(size=(50, 20))})
+    np.testing.assert_array_equal(loaded.score(test).scores, det.score(test).scores)

@@ -69,9 +69,19 @@ def save(detector: Detector, path: str | Path) -> Path:
         archive.writestr(_META, json.dumps(meta, indent=1, allow_nan=False))
         for name, array in arrays.items():
             buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            np.lib.format.write_array(buffer, _in_its_own_order(array), allow_pickle=False)
             archive.writestr(f"{name}.npy", buffer.getvalue())
     return path
+
+
+def _in_its_own_order(array: np.ndarray) -> np.ndarray:
+    """The array as written: a Fortran-ordered one stays so (``.npy`` records the order), any other is made
+    C-contiguous. Keeping the order keeps scores bit-identical after loading: a matrix product may round
+    differently when an operand comes back in the other memory order (Mahalanobis' whitening matrix is
+    Fortran-ordered)."""
+    if array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous:
+        return array
+    return np.ascontiguousarray(array)
 
 
 def load(path: str | Path, model: Any = None, *, check_model: bool = True) -> Detector:
