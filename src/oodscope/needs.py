@@ -133,10 +133,6 @@ class Needs:
     gradient: Gradient | None = None
     reductions: Mapping[Hashable, Reduction] = dataclasses.field(default_factory=dict)
 
-    def with_layers(self, layers: Any) -> Needs:
-        """The same needs reading ``layers`` instead (a user's override)."""
-        return dataclasses.replace(self, layers=layer_tuple(layers))
-
     def kind(self) -> PassKind:
         """The kind of pass these needs are served by."""
         return PassKind(

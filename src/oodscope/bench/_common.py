@@ -169,6 +169,10 @@ class Session:
             {"detector": name, "stage": stage, "dataset": dataset, "error": describe_error(error)}
         )
 
+    def last_error(self, name: str) -> str | None:
+        """The last failure recorded for detector ``name``, or None."""
+        return next((entry["error"] for entry in reversed(self.errors) if entry["detector"] == name), None)
+
     def fit(self, name: str, features: Features) -> bool:
         """Fit detector ``name`` on ``features``; False (and recorded) when it fails."""
         start = time.perf_counter()

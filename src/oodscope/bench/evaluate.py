@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..detectors.base import Detector, clone
+from ..extract import progress_bar
 from ..features import Features
 from ..metrics import bench_metrics
 from ..needs import Needs
@@ -184,7 +185,10 @@ def evaluate(
     # data comes again), so that memory holds one dataset's activations at a time. (Scoring on a worker
     # thread during the next pass was measured slower on 2 cores: the framework's own thread pool then
     # competes for the cores.)
-    for index, (key, data) in enumerate(_progress(given, pass_options.get("progress"))):
+    bar = progress_bar(
+        given.items(), pass_options.get("progress"), desc="evaluate", unit="dataset", leave=False
+    )
+    for index, (key, data) in enumerate(bar):
         names = session.live(learning=key == "fit") + ([_LOGITS] if key == "id" else [])
         if not names:  # the fit data only when a detector learns from it, an OOD set only when one scores it
             continue
@@ -238,14 +242,6 @@ def evaluate(
 
 #: the plan's entry for the model's own logits on the ID data
 _LOGITS = "<logits>"
-
-
-def _progress(given: dict[str, Any], progress: bool | None) -> Any:
-    from ..extract import progress_bar
-
-    return progress_bar(
-        given.items(), progress, total=len(given), desc="evaluate", unit="dataset", leave=False
-    )
 
 
 def _accuracy(features: Features | None) -> float | None:

@@ -199,7 +199,6 @@ def tune(
     }
     for key, data in {"id": id_val, **oods}.items():
         views[key] = session.features(key if key == "id" else f"ood:{key}", data, session.live())
-    errors_before = {entry["detector"]: entry["error"] for entry in session.errors}
 
     from ..extract import progress_bar
 
@@ -215,8 +214,6 @@ def tune(
             row, scores, value = _run_candidate(session, name, candidate, views, oods, metric)
             session.bind(name)  # so that the best one scores raw data with the model, if there is one
             del session.detectors[name]  # only the best fitted candidate is kept (below)
-            if row["error"] is None and name in errors_before:
-                row["error"] = errors_before[name]
             if row["error"] is not None:
                 log.warning("Candidate %s of %r failed: %s", params, detector, row["error"])
             table.append({**params, "rank": None, metric: value, **row})
@@ -249,7 +246,9 @@ def _run_candidate(
     scores: dict[str, Any] = {}
     per_set: dict[str, Any] = dict.fromkeys(oods)
     error = None
-    if name not in session.failed:  # else its error was recorded before any pass
+    if name in session.failed:  # it failed before any pass
+        error = session.last_error(name)
+    else:
         start = time.perf_counter()
         if not candidate._needs_fit() or session.fit(name, views["fit"][name]):
             fit_s = time.perf_counter() - start
@@ -257,7 +256,7 @@ def _run_candidate(
             scores = {key: session.score(name, key, views[key][name]) for key in ("id", *oods)}
             score_s = time.perf_counter() - start
         if fit_s is None or any(result is None for result in scores.values()):
-            error, scores = session.errors[-1]["error"], {}  # what fit or score recorded
+            error, scores = session.last_error(name), {}  # what fit or score recorded
         else:
             try:
                 per_set = {
