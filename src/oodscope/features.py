@@ -172,6 +172,38 @@ class Features:
                 "Request it at extraction time with feature_layers_id=[...]."
             ) from None
 
+    def widths(self) -> dict[str, Any]:
+        """The widths that make two Features comparable: ``{"logits": C or None, "layers": {id: D}}``.
+
+        A fitted detector records the widths of its fit Features and checks those of every Features it
+        scores (:meth:`check_widths`); ``evaluate`` checks that all its datasets agree.
+
+        >>> Features(logits=np.zeros((2, 3)), layers={"penultimate": np.zeros((2, 8))}).widths()
+        {'logits': 3, 'layers': {'penultimate': 8}}
+        """
+        logits = None if self.logits is None else int(self.logits.shape[1])
+        return {"logits": logits, "layers": {key: int(value.shape[1]) for key, value in self.layers.items()}}
+
+    def check_widths(self, reference: Mapping[str, Any], these: str, reference_name: str) -> None:
+        """Raise a ``ValueError`` when these Features disagree with ``reference`` (from :meth:`widths`) on
+        the number of classes or on the width of a layer both hold.
+
+        ``these`` and ``reference_name`` say what is compared in the message, e.g. ``"the Features given to
+        score()"`` and ``"the fit Features of KNN(k=5)"``.
+        """
+        mine = self.widths()
+        problems = []
+        if None not in (reference.get("logits"), mine["logits"]) and reference["logits"] != mine["logits"]:
+            problems.append(f"logits have {mine['logits']} classes instead of {reference['logits']}")
+        for key, width in reference.get("layers", {}).items():
+            if key in mine["layers"] and mine["layers"][key] != width:
+                problems.append(f"layers[{key!r}] has {mine['layers'][key]} features instead of {width}")
+        if problems:
+            raise ValueError(
+                f"{these[:1].upper()}{these[1:]} do not match {reference_name}: {'; '.join(problems)}. They come "
+                "from another model or layer; use features of the same model and layers for every set."
+            )
+
     def take(self, indices: Any) -> Features:
         """A new ``Features`` with the rows selected by ``indices`` (an index array or boolean mask).
 

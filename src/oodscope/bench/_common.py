@@ -103,6 +103,7 @@ class Session:
         self.failed: set[str] = set()
         self.errors: list[dict[str, Any]] = []
         self.timings: dict[str, Any] = {"extract": {}, "fit": {}, "score": {}}
+        self.first_widths: dict[str, tuple[str, dict[str, Any]]] = {}
         self.bound = None if model is None else bind(model, **pass_options)
         self.plan = Plan(self.bound)
         self.layers = layers = dict(layers or {})
@@ -154,8 +155,18 @@ class Session:
                 )
 
     def features(self, label: str, data: Any, names: Sequence[str]) -> dict[str, Features]:
-        """The Features of ``data`` for each named detector, from the fewest passes (timed as ``label``)."""
-        return self.plan.features(data, label, self.timings["extract"], names)
+        """The Features of ``data`` for each named detector, from the fewest passes (timed as ``label``).
+
+        Every dataset must give Features of the widths of the first one (classes, layer widths): scores of
+        sets from different models or layers are not comparable, so a mismatch raises a ``ValueError``
+        naming both datasets, whatever ``errors`` says.
+        """
+        views = self.plan.features(data, label, self.timings["extract"], names)
+        for name, view in views.items():
+            first, widths = self.first_widths.setdefault(name, (label, view.widths()))
+            if first != label:
+                view.check_widths(widths, f"the {_dataset(label)} data", f"the {_dataset(first)} data")
+        return views
 
     def fail(self, name: str, stage: str, dataset: str | None, error: BaseException) -> None:
         if self.raise_errors:
@@ -195,6 +206,13 @@ class Session:
             return None
         finally:
             self.timings["score"][name] = self.timings["score"].get(name, 0.0) + time.perf_counter() - start
+
+
+def _dataset(label: str) -> str:
+    """A dataset's name in a message: "fit", "ID" or "OOD 'svhn'" for the labels ``fit``, ``id``,
+    ``ood:svhn``."""
+    kind, _, name = label.partition(":")
+    return {"id": "ID", "fit": "fit"}.get(kind, f"OOD {name!r}" if name else label)
 
 
 def as_named(datasets: Any, default_name: str) -> dict[str, Any]:

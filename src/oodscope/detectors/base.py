@@ -213,6 +213,7 @@ class Detector(LearnedState):
         self._reset()
         self._fit(features)
         self.n_samples_fit_ = len(features)
+        self.fit_widths_ = features.widths()
         return self
 
     def _score_features(self, features: Features) -> ScoreResult:
@@ -365,6 +366,9 @@ class Detector(LearnedState):
         if missing:
             needs = "; ".join(REQUIREMENTS[key] for key in missing)
             raise ValueError(f"{name} needs {needs}, but the Features given to {stage}() have none.")
+        fit_widths = getattr(self, "fit_widths_", None)
+        if stage == "score" and fit_widths is not None:
+            features.check_widths(fit_widths, f"the Features given to {name}.score()", "the fit Features")
         needed = self.needs(layers=()).kind()  # () skips the layer logic of needs()
         given = PassKind() if features.pass_kind is None else features.pass_kind
         if needed != given:
