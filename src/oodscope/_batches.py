@@ -40,16 +40,43 @@ def is_array_like(obj: Any) -> bool:
     )
 
 
-def as_labels(values: Any) -> np.ndarray:
-    """1-D integer-like labels; one-hot rows [B, C] become class indices."""
+def as_labels(values: Any, name: str = "Labels") -> np.ndarray:
+    """1-D integer class indices (int64 unless already an integer type); one-hot rows [B, C] become class
+    indices.
+
+    Whole-valued floats (labels that went through a float tensor) are converted; any other value is refused
+    with a ``ValueError`` naming ``name``, never cast: 1.5 is not a class.
+
+    >>> as_labels(np.array([0.0, 2.0]))
+    array([0, 2])
+    >>> as_labels([0.5, 1.0])
+    Traceback (most recent call last):
+    ...
+    ValueError: Labels must be integer class indices; got 0.5 (dtype float64) among them. ...
+    """
     labels = to_numpy(values)
     if labels.ndim == 2 and labels.shape[1] > 1:
         return labels.argmax(axis=1)
     if labels.ndim == 2 and labels.shape[1] == 1:
-        return labels[:, 0]
+        labels = labels[:, 0]
     if labels.ndim != 1:
-        raise ValueError(f"Labels must be 1-D (or one-hot 2-D); got a batch of shape {labels.shape}.")
-    return labels
+        raise ValueError(f"{name} must be 1-D (or one-hot 2-D); got an array of shape {labels.shape}.")
+    if labels.dtype.kind in "iu":
+        return labels
+    if labels.dtype.kind == "b":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if whole.all():
+            return labels.astype(np.int64)
+        example = labels[np.flatnonzero(~whole)[0]]
+        reason = f"got {example} (dtype {labels.dtype}) among them"
+    else:
+        reason = f"got values of dtype {labels.dtype}"
+    raise ValueError(
+        f"{name} must be integer class indices; {reason}. Map class names or other values to indices "
+        "first, e.g. np.unique(labels, return_inverse=True)[1]."
+    )
 
 
 def pick_keys(

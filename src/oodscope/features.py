@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._batches import as_labels
+
 __all__ = ["Features"]
 
 LayerId = Hashable
@@ -31,7 +33,9 @@ class Features:
         by global average pooling at extraction time). Layer ids are the names or indices that were
         requested, e.g. ``"penultimate"``.
     labels : array of shape [N], optional
-        Class labels of the samples, when the data has them (some detectors need them at fit time).
+        Class labels of the samples, when the data has them (some detectors need them at fit time): integer
+        class indices or class names (whole-valued floats are converted to integers; other floats are an
+        error). Detectors that index the logits with them (SHE) need indices.
     head_weight : array of shape [C, D], optional
         Weight of the final linear layer, laid out so that
         ``logits = penultimate @ head_weight.T + head_bias`` (PyTorch's ``nn.Linear`` layout; a Keras
@@ -104,6 +108,8 @@ class Features:
             labels = np.asarray(self.labels)
             if labels.ndim != 1:
                 raise ValueError(f"Features.labels must be 1-D [n_samples]; got shape {labels.shape}.")
+            if labels.dtype.kind in "fc":  # whole-valued floats become int64; 1.5 is not a class
+                labels = as_labels(labels, "Features.labels")
             _check_rows(n, labels.shape[0], "labels")
             set_field(self, "labels", labels)
         self._check_head()

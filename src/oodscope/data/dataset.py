@@ -51,13 +51,13 @@ def _resolve_backend(backend: str | None) -> str | None:
     return BACKENDS[backend.lower()]
 
 
-def _labels_int64(values: Any) -> np.ndarray:
-    labels = as_labels(values)
-    if labels.dtype.kind in "iub":
-        return labels.astype(np.int64, copy=False)
-    if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
-        return labels.astype(np.int64)
-    raise ValueError(f"Labels must be integer class indices; got values of dtype {labels.dtype}.")
+def _labels_int64(values: Any, name: str = "Labels") -> np.ndarray:
+    return as_labels(values, name).astype(np.int64, copy=False)
+
+
+def _label_values(values: Any, name: str) -> np.ndarray:
+    """The distinct class labels of ``values`` (an int or an iterable of ints), refusing non-integers."""
+    return np.unique(_labels_int64(np.asarray(list(np.atleast_1d(values))), name))
 
 
 def _inputs_numpy(values: Any) -> np.ndarray:
@@ -339,16 +339,19 @@ class OODDataset:
             ``(in_dataset, out_dataset)``; both keep the original labels and ``num_classes``.
         """
         labels = self._require_labels("split by class")
-        wanted_in = np.unique(np.asarray(list(np.atleast_1d(in_labels)), dtype=np.int64))
+        wanted_in = _label_values(in_labels, "in_labels")
         is_in = np.isin(labels, wanted_in)
         if out_labels is None:
             wanted = wanted_in
             is_out = ~is_in
         else:
-            wanted_out = np.unique(np.asarray(list(np.atleast_1d(out_labels)), dtype=np.int64))
+            wanted_out = _label_values(out_labels, "out_labels")
             overlap = np.intersect1d(wanted_in, wanted_out)
             if overlap.size:
-                raise ValueError(f"in_labels and out_labels share {overlap.tolist()}.")
+                raise ValueError(
+                    f"in_labels and out_labels share {overlap.tolist()}: a class cannot be both ID and OOD. "
+                    "Remove it from one of them."
+                )
             wanted = np.concatenate([wanted_in, wanted_out])
             is_out = np.isin(labels, wanted_out)
         missing = np.setdiff1d(wanted, labels)
@@ -400,6 +403,15 @@ class OODDataset:
         >>> mixed.inputs.shape, mixed.get_ood_labels(), mixed.labels
         ((5, 28, 28, 1), array([0, 0, 1, 1, 1]), array([0, 1, 5, 6, 7]))
         """
+        in_value, out_value = (
+            int(_labels_int64([value], name)[0])
+            for value, name in ((in_value, "in_value"), (out_value, "out_value"))
+        )
+        if in_value == out_value:
+            raise ValueError(
+                f"in_value and out_value are both {in_value}: the OOD label must tell ID from OOD samples. "
+                "Pass two different values (default 0 for ID, 1 for OOD)."
+            )
         other = out_dataset if isinstance(out_dataset, OODDataset) else OODDataset(out_dataset, self.backend)
         x_in, x_out = self._inputs, other._inputs
         if resize:

@@ -210,6 +210,11 @@ class Detector(LearnedState):
     def _fit_features(self, features: Features) -> Detector:
         self._validate_params()
         features = self._check_features(features, stage="fit")
+        if len(features) == 0 and self._needs_fit():
+            raise ValueError(
+                f"{type(self).__name__}.fit() got Features of 0 samples: it learns from in-distribution data, "
+                "so give it at least one sample (in practice thousands)."
+            )
         self._reset()
         self._fit(features)
         self.n_samples_fit_ = len(features)
@@ -251,6 +256,11 @@ class Detector(LearnedState):
 
         threshold_at_tpr([0.0], tpr)  # a bad tpr fails before the pass
         scores = np.sort(self.score(id_data, **pass_options).scores)
+        if scores.size == 0:
+            raise ValueError(
+                f"{type(self).__name__}.calibrate() got no samples in id_data: a threshold needs held-out "
+                "in-distribution samples (a few hundred at least for a stable one)."
+            )
         self.threshold_ = threshold_at_tpr(scores, tpr)
         self.threshold_tpr_ = float(tpr)
         self.calibration_scores_ = scores

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._batches import as_labels
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
 
@@ -24,9 +25,7 @@ def she_patterns(features: Any, logits: Any, labels: Any) -> tuple[np.ndarray, n
     h = np.asarray(features)
     logits = np.asarray(logits)
     n_classes, dim = logits.shape[1], h.shape[1]
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
-        labels = labels.astype(np.int64)  # integral floats, e.g. labels that went through a float tensor
+    labels = as_labels(labels)
     if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= n_classes)):
         raise ValueError(
             f"SHE needs integer class labels in [0, {n_classes}) that index the logits' columns; got "
