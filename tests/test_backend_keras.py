@@ -1063,3 +1063,16 @@ def test_an_unbatched_tf_dataset_gets_a_note_to_batch_it():
         extract(model, samples)
     notes = " ".join(error.value.__notes__)
     assert "batch 1: inputs of shape (8, 8, 1), float32" in notes and "dataset.batch(128)" in notes
+
+
+@pytest.mark.parametrize("as_dict", [True, False], ids=["dict", "list"])
+def test_several_outputs_need_the_head_by_name(as_dict):
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    fc, aux = keras.layers.Dense(3, name="fc")(h), keras.layers.Dense(2, name="aux")(h)
+    model = keras.Model(inputs, {"logits": fc, "aux": aux} if as_dict else [fc, aux])
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"2 outputs .*logits are ambiguous.*head_layer_id"):
+        KerasBackend(model)
+    logits, _ = KerasBackend(model, head_layer_id="fc").run_batch(x)
+    assert logits.shape == (5, 3)

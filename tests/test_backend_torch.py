@@ -599,3 +599,27 @@ def test_model_without_parameters_or_submodules():
     logits, _ = backend.run_batch(np.ones((2, 1, 3), np.float64))
     assert logits.dtype == np.float32
     np.testing.assert_array_equal(logits, np.ones((2, 3), np.float32))
+
+
+class _TwoHeads(nn.Module):
+    """A classifier with an auxiliary head registered after the real one."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+        self.body, self.fc, self.aux = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"logits": self.fc(h), "aux": self.aux(h)} if self.as_dict else (self.fc(h), self.aux(h))
+
+
+@pytest.mark.parametrize("as_dict", [True, False], ids=["dict", "tuple"])
+def test_several_outputs_need_the_head_by_name(as_dict):
+    model, x = _TwoHeads(as_dict), torch.rand(5, 4)
+    with pytest.raises(ValueError, match=r"logits are ambiguous.*head_layer_id.*\['body', 'fc', 'aux'\]"):
+        TorchBackend(model).run_batch(x)
+    logits, _ = TorchBackend(model, head_layer_id="fc").run_batch(x)
+    with torch.no_grad():
+        expected = model.fc(torch.relu(model.body(x)))
+    np.testing.assert_array_equal(logits, expected.numpy())

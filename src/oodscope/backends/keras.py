@@ -342,6 +342,14 @@ class KerasBackend(Backend):
         self._torch = self._backend == "torch"
 
         head = self._resolve(head_layer_id, role="head_layer_id")
+        if graph is not None and _is_integer(head_layer_id) and len(graph.outputs) > 1:
+            producers = [tensor._keras_history.operation.name for tensor in graph.outputs]
+            raise ValueError(
+                f"Model {model.name!r} has {len(graph.outputs)} outputs (from layers {producers}), so the "
+                f"logits are ambiguous: head_layer_id={head_layer_id!r} would take layer {head.name!r} only "
+                "because of its position in model.layers. Pass head_layer_id naming the layer whose output "
+                f"is the logits, one of {producers}."
+            )
         self._head = head
         self._dense = None  # the Dense whose kernel/bias give the logits, when the logits are linear in it
         self._matmul_head = None  # a Dense head whose activation the logits leave out

@@ -116,7 +116,9 @@ class TorchBackend(Backend):
     as long as ``head_layer_id="fc"``; pass the name whenever ``fc`` is not the last registered leaf (e.g. a
     dropout registered after it but applied before it). A ``UserWarning`` is issued when an integer head id
     lands on a module that is not an ``nn.Linear`` (nor a softmax after one). Head outputs of shape
-    ``[B, C, 1, ...]`` (a 1x1-convolution head) are flattened to ``[B, C]``.
+    ``[B, C, 1, ...]`` (a 1x1-convolution head) are flattened to ``[B, C]``. A model whose ``forward``
+    returns several outputs (a tuple, list or dict) must be given ``head_layer_id`` by name: an index would
+    pick the logits by registration order, so the first pass raises a ``ValueError`` listing the candidates.
 
     **What a hooked layer may return.** The hooked module must output (or, for ``"penultimate"``, receive)
     a single tensor. A module that returns a tuple, list or dict (``nn.LSTM``, ``nn.MultiheadAttention``,
@@ -191,6 +193,8 @@ class TorchBackend(Backend):
             self._logits_slot = self._tap(head, head_name, "output")
             self._linear = (head_name, head)
         self._head_name = head_name
+        self._head_by_index = _is_integer(head_layer_id)  # then the model's output is checked once
+        self._head_index = head_layer_id
         linear_head = self._linear is not None and isinstance(self._linear[1], nn.Linear)
         if _is_integer(head_layer_id) and not linear_head:
             warnings.warn(
@@ -379,10 +383,32 @@ class TorchBackend(Backend):
     def _forward(self, inputs: torch.Tensor, slots: Sequence[int]) -> dict[int, torch.Tensor]:
         self._captured = {slot: [] for slot in (*slots, *self._edits, *self._deltas)}
         try:
-            self._model(inputs)
+            output = self._model(inputs)
+            if self._head_by_index:
+                self._check_single_output(output)
             return {slot: self._single(slot, values) for slot, values in self._captured.items()}
         finally:
             self._captured = {}
+
+    def _check_single_output(self, output: Any) -> None:
+        """Refuse to pick the logits by position among several outputs: a model whose forward returns a
+        tuple, list or dict must be told which layer gives the logits."""
+        if not isinstance(output, torch.Tensor):
+            if isinstance(output, Mapping):
+                what = f"a dict with keys {list(output)}"
+            elif isinstance(output, (tuple, list)):
+                what = f"a {type(output).__name__} of {len(output)} outputs"
+            else:
+                what = f"a {type(output).__name__}"
+            linear = [name for name, module in self._leaves if isinstance(module, nn.Linear)]
+            candidates = linear or self.leaf_names()
+            raise ValueError(
+                f"{type(self._model).__name__}.forward() returns {what}, so the logits are ambiguous: "
+                f"head_layer_id={self._head_index!r} would take the output of the leaf module "
+                f"{self._head_name!r} only because of where it is registered. Pass head_layer_id naming the "
+                f"layer whose output is the logits; candidates: {candidates[:20]}."
+            )
+        self._head_by_index = False  # one check per backend
 
     def _single(self, slot: int, values: list[Any]) -> torch.Tensor:
         tap = self._taps[slot]
