@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -148,3 +149,50 @@ def test_arrays_come_back_in_their_memory_order(tmp_path):
     assert loaded.whitening_.flags.f_contiguous and np.array_equal(loaded.whitening_, det.whitening_)
     test = Features(layers={"penultimate": rng.normal(size=(50, 20))})
     np.testing.assert_array_equal(loaded.score(test).scores, det.score(test).scores)
+
+
+def _replace_array(path, target, attribute, array):
+    """Copy the detector file ``path`` to ``target`` with the array saved for ``attribute`` replaced."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    meta = json.loads(entries["detector.json"])
+    state = dict(meta["detector"]["state"]["__items__"])
+    key = state[attribute]["__array__"]
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    entries[f"{key}.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return target
+
+
+@pytest.mark.parametrize(
+    "attribute, array",
+    [
+        ("class_means_", np.zeros((4, 3))),  # another width than the covariance and the fit features
+        ("calibration_scores_", np.zeros((2, 2))),  # a declared 1-D array saved 2-D
+        ("whitening_", np.zeros((5, 2))),  # a whitening matrix of another width
+    ],
+    ids=["means-width", "calibration-2d", "whitening-width"],
+)
+def test_arrays_that_do_not_fit_the_detector_are_refused_at_load(tmp_path, attribute, array):
+    path = Mahalanobis().fit(TOY["fit"]).calibrate(TOY["id"]).save(tmp_path / "maha.oodscope")
+    tampered = _replace_array(path, tmp_path / "tampered.oodscope", attribute, array)
+    with pytest.raises(DetectorFileError, match=r"tampered\.oodscope holds a state that does not fit"):
+        load(tampered)
+
+
+def test_a_scalar_saved_as_a_list_is_refused_at_load(tmp_path):
+    path = GEN().fit(TOY["fit"]).calibrate(TOY["id"]).save(tmp_path / "gen.oodscope")
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    meta = json.loads(entries["detector.json"])
+    state = meta["detector"]["state"]["__items__"]
+    next(item for item in state if item[0] == "threshold_")[1] = [0.5, 0.7]
+    entries["detector.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(tmp_path / "tampered.oodscope", "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(DetectorFileError, match=r"GEN\.threshold_ has shape \(2,\), but it must have 0 axes"):
+        load(tmp_path / "tampered.oodscope")

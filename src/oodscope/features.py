@@ -206,8 +206,8 @@ class Features:
                 problems.append(f"layers[{key!r}] has {mine['layers'][key]} features instead of {width}")
         if problems:
             raise ValueError(
-                f"{these[:1].upper()}{these[1:]} do not match {reference_name}: {'; '.join(problems)}. They come "
-                "from another model or layer; use features of the same model and layers for every set."
+                f"{these[:1].upper()}{these[1:]} do not match {reference_name}: {'; '.join(problems)}. They "
+                "come from another model or layer; use features of the same model and layers for every set."
             )
 
     def take(self, indices: Any) -> Features:

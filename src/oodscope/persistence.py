@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from ._version import __version__
 from .detectors._layerwise import Aggregator
 from .detectors._registry import available, registry_name
 from .detectors.base import Detector, is_learned_name
+from .features import Features
 from .fingerprint import ModelFingerprint, ModelMismatchError, fingerprint
+from .needs import PassKind
 
 __all__ = ["load", "save", "DetectorFileError", "ModelMismatchError"]
 
@@ -129,6 +132,7 @@ def load(path: str | Path, model: Any = None, *, check_model: bool = True) -> De
     if not isinstance(detector, Detector):
         raise DetectorFileError(f"{path} does not hold a detector.")
     detector._validate_params()
+    _check_loaded_state(detector, path)
     if model is not None:
         from .binding import SAVED_OPTIONS, bind
 
@@ -146,6 +150,51 @@ def load(path: str | Path, model: Any = None, *, check_model: bool = True) -> De
                 )
         detector._bound = bound
     return detector
+
+
+def _check_loaded_state(detector: Detector, path: Path) -> None:
+    """Refuse a file whose learned arrays do not fit its detector: their declared shapes first
+    (``_state_shapes``), then one sample of the fit widths scored through the whole detector, so that a
+    tampered state fails here with the file's name rather than inside numpy at ``score``."""
+    try:
+        detector._check_state()
+    except ValueError as error:
+        raise DetectorFileError(f"{path} holds a state that does not fit its detector: {error}") from None
+    probe = _probe_features(detector)
+    if probe is None:
+        return
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            detector._score_features(probe)
+    except Exception as error:  # any failure on a well-formed sample means the state is broken
+        raise DetectorFileError(
+            f"{path} holds a state that does not fit its detector: scoring one sample of the fit widths "
+            f"failed ({type(error).__name__}: {error})."
+        ) from None
+
+
+def _probe_features(detector: Detector) -> Features | None:
+    """One all-ones sample of the widths the fitted detector saw, or None when they are not recorded."""
+    widths = getattr(detector, "fit_widths_", None)
+    if not isinstance(widths, dict) or (detector._needs_fit() and not detector._learned_attributes()):
+        return None
+    n_classes, layers = widths.get("logits"), widths.get("layers", {})
+    if n_classes is None and not layers:
+        return None
+    head_weight = None
+    if "head" in detector.requires:
+        if n_classes is None or "penultimate" not in layers:
+            return None
+        head_weight = np.zeros((n_classes, layers["penultimate"]))
+    kind = detector.needs(layers=()).kind()
+    return Features._unchecked(
+        logits=None if n_classes is None else np.ones((1, n_classes)),
+        layers={key: np.ones((1, width)) for key, width in layers.items()},
+        head_weight=head_weight,
+        head_bias=None if head_weight is None else np.zeros(n_classes),
+        pass_kind=None if kind == PassKind() else kind,
+    )
 
 
 def _read_meta(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:

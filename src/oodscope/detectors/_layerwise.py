@@ -306,6 +306,10 @@ class _LayerwiseDetector(Detector):
             layers = list(self.layers)
         return super().needs(layers)
 
+    def _state_layer(self) -> Any:
+        layers = getattr(self, "layers_", None)
+        return layers[0] if isinstance(layers, list) and len(layers) == 1 else None
+
     def _fit(self, features: Features) -> None:
         name = type(self).__name__
         layer_ids = list(features.layers) if self.layers is None else list(self.layers)

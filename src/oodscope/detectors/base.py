@@ -65,7 +65,17 @@ def is_learned_name(key: Any) -> bool:
 
 class LearnedState:
     """What fitted objects (detectors, aggregators) share: learned state lives in attributes named like
-    ``mean_``, is cleared on refit, and is what ``save`` writes and ``load`` restores."""
+    ``mean_``, is cleared on refit, and is what ``save`` writes and ``load`` restores.
+
+    ``_state_shapes`` declares the shapes of the learned arrays with symbolic axes, e.g.
+    ``{"class_means_": ("K", "D"), "covariance_": ("D", "D"), "alpha_": ()}``: an axis named by the same
+    symbol must have one size across the arrays (``"C"``, the number of classes, and ``"D"``, the width of
+    the features read, are also bound by :meth:`_known_sizes`); an int is a fixed size. :meth:`_check_state`
+    holds loaded state to it, so a file whose arrays do not fit together is refused at ``load`` instead of
+    failing (or broadcasting silently) at ``score``.
+    """
+
+    _state_shapes: ClassVar[dict[str, tuple[str | int, ...]]] = {}
 
     def _learned_attributes(self) -> list[str]:
         return [key for key in vars(self) if is_learned_name(key)]
@@ -82,6 +92,35 @@ class LearnedState:
     def _set_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+    def _known_sizes(self) -> dict[str, int]:
+        """Sizes of symbolic axes known from elsewhere than the arrays (see ``_state_shapes``)."""
+        return {}
+
+    def _check_state(self) -> None:
+        """Raise a ``ValueError`` naming the attribute when learned arrays do not have their declared shapes
+        (see ``_state_shapes``); nested detectors and aggregators are checked too."""
+        sizes = dict(self._known_sizes())
+        owner = type(self).__name__
+        for name, shape in self._state_shapes.items():
+            if not hasattr(self, name):
+                continue
+            value = np.asarray(getattr(self, name))
+            if value.ndim != len(shape):
+                raise ValueError(
+                    f"{owner}.{name} has shape {value.shape}, but it must have {len(shape)} axes {shape}."
+                )
+            for symbol, size in zip(shape, value.shape, strict=True):
+                expected = symbol if isinstance(symbol, int) else sizes.setdefault(symbol, size)
+                if size != expected:
+                    raise ValueError(
+                        f"{owner}.{name} has shape {value.shape}, which does not fit the rest of its state "
+                        f"(axis {symbol!r} of {shape} must be {expected})."
+                    )
+        for value in vars(self).values():
+            for part in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(part, LearnedState):
+                    part._check_state()
 
 
 class Detector(LearnedState):
@@ -100,6 +139,12 @@ class Detector(LearnedState):
 
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     needs_fit: ClassVar[bool] = True
+    _state_shapes: ClassVar[dict[str, tuple[str | int, ...]]] = {
+        "n_samples_fit_": (),
+        "threshold_": (),
+        "threshold_tpr_": (),
+        "calibration_scores_": ("M",),
+    }
     #: layers extracted when fitted on a model without ``feature_layers_id``
     default_layers: ClassVar[tuple[Any, ...]] = ()
     #: hyperparameters under which the detector scores Features without a model (for the test suite)
@@ -212,8 +257,8 @@ class Detector(LearnedState):
         features = self._check_features(features, stage="fit")
         if len(features) == 0 and self._needs_fit():
             raise ValueError(
-                f"{type(self).__name__}.fit() got Features of 0 samples: it learns from in-distribution data, "
-                "so give it at least one sample (in practice thousands)."
+                f"{type(self).__name__}.fit() got Features of 0 samples: it learns from in-distribution "
+                "data, so give it at least one sample (in practice thousands)."
             )
         self._reset()
         self._fit(features)
@@ -350,6 +395,30 @@ class Detector(LearnedState):
     # --- state ----------------------------------------------------------------------------------------------
 
     _bound: Any = None  # the BoundModel given to fit, if any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a method declares its own arrays; the shared ones (threshold, calibration) are kept
+        cls._state_shapes = {
+            name: shape
+            for base in reversed(cls.__mro__)
+            for name, shape in base.__dict__.get("_state_shapes", {}).items()
+        }
+
+    def _known_sizes(self) -> dict[str, int]:
+        """``C`` (classes) from the fit Features' widths, and ``D`` from the width of :meth:`_state_layer`."""
+        widths = getattr(self, "fit_widths_", None)
+        if not isinstance(widths, dict):
+            return {}
+        sizes = {} if widths.get("logits") is None else {"C": widths["logits"]}
+        layer = self._state_layer()
+        if layer is not None and layer in widths.get("layers", {}):
+            sizes["D"] = widths["layers"][layer]
+        return sizes
+
+    def _state_layer(self) -> Any:
+        """The layer whose width is the axis ``D`` of the learned arrays, if any (see ``_state_shapes``)."""
+        return None
 
     def _check_is_fitted(self) -> None:
         if not self._learned_attributes():
