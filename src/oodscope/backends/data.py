@@ -160,9 +160,17 @@ class TensorKind:
 TORCH_TENSOR = TensorKind(
     framework="torch",
     recognises=lambda values: defined_in(values, "torch") and hasattr(values, "detach"),
-    to_numpy=lambda tensor: tensor.detach().cpu().numpy(),
+    to_numpy=lambda tensor: _torch_to_numpy(tensor),
     channels_first=True,
 )
+
+
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16: float32 holds every value exactly
+        tensor = tensor.float()
+    return tensor.numpy()
+
 
 TF_TENSOR = TensorKind(
     framework="tensorflow",
