@@ -196,3 +196,39 @@ def test_a_scalar_saved_as_a_list_is_refused_at_load(tmp_path):
             archive.writestr(name, data)
     with pytest.raises(DetectorFileError, match=r"GEN\.threshold_ has shape \(2,\), but it must have 0 axes"):
         load(tmp_path / "tampered.oodscope")
+
+
+def _two_layers(features: Features) -> Features:
+    """The toy Features with a second layer (a fixed non-negative projection of the penultimate one)."""
+    projection = np.abs(np.random.default_rng(1).normal(size=(features.layer("penultimate").shape[1], 12)))
+    return Features(
+        logits=features.logits,
+        layers={**features.layers, "block": features.layer("penultimate") @ projection},
+        labels=features.labels,
+        head_weight=features.head_weight,
+        head_bias=features.head_bias,
+    )
+
+
+def _variants():
+    from oodscope import ASH, KNN, MSP, RMDS, SCALE, SHE, Energy, ViM
+    from oodscope.aggregation import FisherAggregator, MeanNormalizedAggregator, StdNormalizedAggregator
+
+    yield "ReAct(GEN)", ReAct(GEN(gamma=0.5))
+    yield "ASH(MSP)", ASH(MSP(), percentile=80)
+    yield "SCALE(Energy)", SCALE(Energy())
+    yield "ViM(dim=0.9)", ViM(dim=0.9)
+    for aggregator in (FisherAggregator(), StdNormalizedAggregator(), MeanNormalizedAggregator()):
+        for detector in (KNN(k=5), Mahalanobis(), RMDS(), SHE()):
+            detector.set_params(layers=["penultimate", "block"], aggregator=aggregator)
+            yield f"{type(detector).__name__}+{type(aggregator).__name__}", detector
+
+
+@pytest.mark.parametrize("detector", [d for _, d in _variants()], ids=[name for name, _ in _variants()])
+def test_every_kind_of_fitted_state_round_trips_bit_identically(detector, tmp_path):
+    fit, id_, ood = (_two_layers(TOY[key]) for key in ("fit", "id", "ood"))
+    detector.fit(fit).calibrate(id_)
+    loaded = load(detector.save(tmp_path / "det.oodscope"))
+    np.testing.assert_array_equal(loaded.score(ood).scores, detector.score(ood).scores)
+    np.testing.assert_array_equal(loaded.pvalues(ood), detector.pvalues(ood))
+    assert loaded.threshold_ == detector.threshold_
