@@ -18,6 +18,7 @@ code 2) naming it.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import dataclasses
@@ -25,7 +26,6 @@ import difflib
 import importlib.util
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ._params import Interval
 from .detectors.base import Detector
 from .metrics import conformal_pvalues
 
@@ -109,27 +110,22 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 # --- numbers ----------------------------------------------------------------------------------------------
 
-
-def check_positive_int(flag: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"{flag} must be a positive integer; got {value!r}.")
-    return int(value)
-
-
-def check_positive_number(flag: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise UsageError(f"{flag} must be a positive number; got {value!r}.")
-    return float(value)
+#: the numeric flags' constraints: argparse types (:func:`oodscope._params.argument_type`) and the check of
+#: the same settings read from a ``bench --config`` file are built from these, so both say the same
+BATCH_SIZE = Interval(int, 1, None)
+SCALE = Interval(float, 0, None, closed="neither")
+TPR = Interval(float, 0, 1, closed="right")
+EPOCHS = Interval(int, 1, None)
+LEARNING_RATE = Interval(float, 0, None, closed="neither")
+SEED = Interval(int, 0, 2**32 - 1)  # what numpy, torch and Keras all accept
 
 
-def check_tpr(flag: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise UsageError(f"{flag} must be in (0, 1], e.g. 0.95 (keep 95% of ID data); got {value!r}.")
-    return float(value)
+def check_value(flag: str, value: Any, constraint: Interval) -> Any:
+    """``value`` (a setting given as a Python value, e.g. from a config file) when it meets ``constraint``;
+    :class:`UsageError` naming ``flag`` in argparse's words otherwise."""
+    if not constraint.is_satisfied_by(value):
+        raise UsageError(f"argument {flag}: must be {constraint.describe()}; got {value!r}.")
+    return constraint.kind(value)
 
 
 # --- detectors --------------------------------------------------------------------------------------------
@@ -138,7 +134,7 @@ def check_tpr(flag: str, value: Any) -> float:
 _DOTTED = re.compile(r"\b([A-Za-z_][\w.]*):([A-Za-z_]\w*)")
 
 
-def parse_detector(text: str) -> Detector:
+def parse_detector(text: Any) -> Detector:
     """``"GEN(gamma=0.1)"`` -> ``GEN(gamma=0.1)``: only registered classes and literal arguments.
 
     A class from the user's own module is written ``"mypkg.mymod:MyDetector(k=3)"``; its module is imported
@@ -147,6 +143,10 @@ def parse_detector(text: str) -> Detector:
     from .detectors import available
     from .detectors._registry import resolve
 
+    if isinstance(text, Detector):  # already parsed (by the argparse type of --detector)
+        return text
+    if not isinstance(text, str):
+        raise UsageError(f"A detector is written as a call such as 'KNN(k=50)'; got {text!r}.")
     known = dict(available())
     aliases: dict[str, str] = {}
 
@@ -173,6 +173,15 @@ def parse_detector(text: str) -> Detector:
     except (TypeError, ValueError) as error:
         raise UsageError(f"In {text!r}: {error}") from None
     return detector
+
+
+def detector_type(text: str) -> Detector:
+    """The argparse ``type=`` of ``--detector`` / ``--detectors``: a detector that cannot be parsed, or
+    whose hyperparameters are invalid, exits with code 2 naming the flag."""
+    try:
+        return parse_detector(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _build(node: ast.AST, text: str, known: dict[str, type[Detector]]) -> Detector:
@@ -210,6 +219,15 @@ def detector_file_name(name: str) -> str:
 # --- data -------------------------------------------------------------------------------------------------
 
 
+#: the grammar of a data specification, shown with every error in one
+SPEC_GRAMMAR = (
+    "A data spec is NAME[:SPLIT[:CLASSES]], e.g. mnist:test:0-4, fashion_mnist:train or mnist:test:1,3 "
+    "(split test by default; classes as LOW-HIGH or a comma-separated list), or a .npz / .npy file."
+)
+#: names an OOD set cannot have: they stand for the other data sets of a report
+RESERVED_OOD_NAMES = ("fit", "id")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     """A checked data specification (see the module docstring); nothing is loaded yet."""
@@ -222,21 +240,87 @@ class DataSpec:
     classes: tuple[int, ...] | None = None
 
 
+class _SpecError(ValueError):
+    """What is wrong with a data specification, without the flag (argparse or :class:`UsageError` adds it)."""
+
+
 def parse_data_spec(text: Any, flag: str) -> DataSpec:
     """Check a data specification without loading anything; :class:`UsageError` naming ``flag`` if bad."""
+    try:
+        return _data_spec(text, flag)
+    except _SpecError as error:
+        raise UsageError(f"argument {flag}: {error} {SPEC_GRAMMAR}") from None
+
+
+def data_spec_type(flag: str) -> Any:
+    """The argparse ``type=`` of a data-spec flag: a bad spec exits with code 2, naming the flag and showing
+    the grammar (``argument --id: unknown data set 'mnsit' ... A data spec is NAME[:SPLIT[:CLASSES]]...``)."""
+
+    def data_spec(text: str) -> DataSpec:
+        try:
+            return _data_spec(text, flag)
+        except _SpecError as error:
+            raise argparse.ArgumentTypeError(f"{error} {SPEC_GRAMMAR}") from None
+
+    return data_spec
+
+
+class NamedSpecsAction(argparse.Action):
+    """``--ood NAME=SPEC ...`` into ``{name: DataSpec}``; a malformed item, a bad spec, a name given twice or
+    a reserved name is an argparse error (exit code 2) naming ``--ood NAME``."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        specs: dict[str, DataSpec] = {}
+        for item in values:
+            try:
+                name, spec = named_spec(item, specs, self.option_strings[0])
+            except UsageError as error:
+                parser.error(str(error))
+            specs[name] = spec
+        setattr(namespace, self.dest, specs)
+
+
+def named_spec(item: Any, known: Any, flag: str = "--ood") -> tuple[str, DataSpec]:
+    """``"far=fashion_mnist:test"`` -> ``("far", DataSpec)``, checked against the names in ``known``."""
+    name, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+    if not sep or not name or not text:
+        raise UsageError(
+            f"argument {flag}: takes NAME=SPEC (e.g. fashion=fashion_mnist:test); got {item!r}. "
+            + SPEC_GRAMMAR
+        )
+    return checked_ood_name(name, known, flag), parse_data_spec(text, f"{flag} {name}")
+
+
+def checked_ood_name(name: str, known: Any, flag: str = "--ood") -> str:
+    """``name`` when it can name one more OOD set; :class:`UsageError` for a repeated or reserved name."""
+    if name in known:
+        raise UsageError(
+            f"argument {flag}: the name {name!r} is given twice; give each OOD set its own name."
+        )
+    if name in RESERVED_OOD_NAMES:
+        raise UsageError(
+            f"argument {flag}: an OOD set cannot be named {name!r}, which stands for the {name} data; "
+            "rename it."
+        )
+    return name
+
+
+def _data_spec(text: Any, flag: str) -> DataSpec:
     from .data.sources import resolve_name
 
+    if isinstance(text, DataSpec):
+        return text
     if not isinstance(text, str) or not text.strip():
-        raise UsageError(
-            f"{flag} takes a data specification such as mnist:test:0-4 or data.npz; got {text!r}."
-        )
+        raise _SpecError(f"takes a data specification such as mnist:test:0-4 or data.npz; got {text!r}.")
     path = Path(text)
     if path.suffix.lower() in (".npz", ".npy"):
         if not path.is_file():
-            raise UsageError(f"{flag}: no data file at {path}.")
+            raise _SpecError(f"no data file at {path}.")
         return DataSpec(text, flag, path=path)
-    name, _, rest = text.partition(":")
-    split, _, classes = rest.partition(":")
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise _SpecError(f"{text!r} has {len(parts)} parts separated by ':'; a spec has at most three.")
+    name, split, classes = (parts + ["", ""])[:3]
     try:
         spec = resolve_name(name)
     except ValueError:
@@ -244,27 +328,22 @@ def parse_data_spec(text: Any, flag: str) -> DataSpec:
 
         close = difflib.get_close_matches(name.strip().lower(), known_datasets(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UsageError(
-            f"{flag}: unknown data set {name!r} in {text!r}.{hint} Known: {', '.join(known_datasets())}; "
-            "or give a .npz / .npy file."
+        raise _SpecError(
+            f"unknown data set {name!r} in {text!r}.{hint} Known: {', '.join(known_datasets())}."
         ) from None
     split = split or "test"
     if split not in spec.splits:
-        raise UsageError(
-            f"{flag}: {spec.name} has the splits {', '.join(spec.splits)}; got {split!r} in {text!r}."
-        )
+        raise _SpecError(f"{spec.name} has the splits {', '.join(spec.splits)}; got {split!r} in {text!r}.")
     chosen = None
     if classes:
-        chosen = tuple(_classes(classes, text, flag))
+        chosen = tuple(_classes(classes, text))
         wrong = [c for c in chosen if not 0 <= c < spec.num_classes]
         if wrong:
-            raise UsageError(
-                f"{flag}: {spec.name} has classes 0 to {spec.num_classes - 1}; got {wrong} in {text!r}."
-            )
+            raise _SpecError(f"{spec.name} has classes 0 to {spec.num_classes - 1}; got {wrong} in {text!r}.")
     return DataSpec(text, flag, name=spec.name, split=split, classes=chosen)
 
 
-def _classes(text: str, spec: str, flag: str) -> list[int]:
+def _classes(text: str, spec: str) -> list[int]:
     try:
         if "-" in text and "," not in text:
             low, high = (int(part) for part in text.split("-"))
@@ -273,7 +352,7 @@ def _classes(text: str, spec: str, flag: str) -> list[int]:
             return list(range(low, high + 1))
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise UsageError(f"{flag}: cannot read the classes in {spec!r}; write 0-4 or 0,1,2.") from None
+        raise _SpecError(f"cannot read the classes in {spec!r}; write 0-4 or 0,1,2.") from None
 
 
 @dataclasses.dataclass
@@ -290,22 +369,38 @@ class LoadedData:
 
 
 def load_arrays(spec: DataSpec) -> LoadedData:
-    """The arrays of ``spec``: named data sets through :class:`oodscope.data.OODDataset`, files with numpy."""
+    """The arrays of ``spec``: named data sets through :class:`oodscope.data.OODDataset`, files with numpy.
+
+    What is wrong with a file's content (no samples, inputs that are not numbers, labels that are not class
+    indices) is a :class:`UsageError` naming the flag, like a malformed spec.
+    """
     from .data import OODDataset
 
-    if spec.path is not None:
-        inputs, labels = _read_file(spec)
-        if len(inputs) == 0:
-            raise UsageError(f"{spec.flag}: {spec.path} holds no samples.")
-        if labels is not None and len(labels) != len(inputs):
-            raise UsageError(f"{spec.flag}: {spec.path} holds {len(inputs)} inputs but {len(labels)} labels.")
-        dataset = OODDataset(inputs if labels is None else (inputs, labels))
-    else:
+    if spec.path is None:
         dataset = OODDataset(spec.name, load_kwargs={"split": spec.split})
         if spec.classes is not None:
             dataset = dataset.split_by_class(list(spec.classes))[0]
             if len(dataset) == 0:
-                raise UsageError(f"{spec.flag}: {spec.text} selects no samples.")
+                raise UsageError(f"argument {spec.flag}: {spec.text} selects no samples.")
+        return LoadedData(spec, dataset.inputs, dataset.labels, dataset.num_classes)
+    inputs, labels = _read_file(spec)
+    where = f"argument {spec.flag}: {spec.path}"
+    if inputs.ndim == 0 or len(inputs) == 0:
+        raise UsageError(f"{where} holds no samples (inputs of shape {inputs.shape}).")
+    if inputs.dtype.kind not in "biuf":
+        raise UsageError(
+            f"{where} holds inputs of dtype {inputs.dtype}; they must be numbers (images as uint8 0-255, or "
+            "floats with --scale 1)."
+        )
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs)):
+        raise UsageError(
+            f"{where} holds {len(inputs)} inputs but labels of shape {labels.shape}; give one label per "
+            "input."
+        )
+    try:
+        dataset = OODDataset(inputs if labels is None else (inputs, labels))
+    except ValueError as error:  # labels that are not class indices
+        raise UsageError(f"{where}: {error}") from None
     return LoadedData(spec, dataset.inputs, dataset.labels, dataset.num_classes)
 
 
@@ -318,13 +413,15 @@ def _read_file(spec: DataSpec) -> tuple[np.ndarray, np.ndarray | None]:
             x_key = next((k for k in INPUT_KEYS if k in archive), None)
             if x_key is None:
                 keys = ", ".join(INPUT_KEYS)
-                raise UsageError(f"{spec.flag}: {path} has no inputs under {keys}; it holds {list(archive)}.")
+                raise UsageError(
+                    f"argument {spec.flag}: {path} has no inputs under {keys}; it holds {list(archive)}."
+                )
             y_key = next((k for k in LABEL_KEYS if k in archive), None)
             return archive[x_key], None if y_key is None else archive[y_key]
     except (ValueError, OSError) as error:
         if isinstance(error, UsageError):
             raise
-        raise UsageError(f"{spec.flag}: cannot read {path} with numpy ({error}).") from None
+        raise UsageError(f"argument {spec.flag}: cannot read {path} with numpy ({error}).") from None
 
 
 class ModelInputs:
@@ -374,14 +471,16 @@ def check_model_path(path: Any, flag: str = "--model") -> Path:
     from .training import ModelFileError, check_model_file
 
     if not path:
-        raise UsageError(f"{flag} is required: a saved model (.keras / .h5 for Keras, .pt for torch).")
+        raise UsageError(
+            f"argument {flag}: it is required: a saved model (.keras / .h5 for Keras, .pt for torch)."
+        )
     path = Path(path)
     try:
         check_model_file(path)
     except FileNotFoundError:
-        raise UsageError(f"{flag}: no model file at {path}.") from None
+        raise UsageError(f"argument {flag}: no model file at {path}.") from None
     except ModelFileError as error:
-        raise UsageError(f"{flag}: {error}") from None
+        raise UsageError(f"argument {flag}: {error}") from None
     return path
 
 
@@ -394,7 +493,7 @@ def load_model(path: Path, flag: str = "--model") -> Any:
     try:
         return load_model(path)
     except ModelFileError as error:
-        raise UsageError(f"{flag}: {error}") from None
+        raise UsageError(f"argument {flag}: {error}") from None
 
 
 def is_torch(model: Any) -> bool:
@@ -419,16 +518,19 @@ def run_train(args: Any) -> list[str]:
             ".pt for torch."
         )
     framework = "keras" if suffix in KERAS_SUFFIXES else "torch"
-    epochs = check_positive_int("--epochs", args.epochs)
-    batch_size = check_positive_int("--batch-size", args.batch_size)
-    learning_rate = check_positive_number("--learning-rate", args.learning_rate)
-    scale = check_positive_number("--scale", args.scale)
+    epochs = check_value("--epochs", args.epochs, EPOCHS)
+    batch_size = check_value("--batch-size", args.batch_size, BATCH_SIZE)
+    learning_rate = check_value("--learning-rate", args.learning_rate, LEARNING_RATE)
+    scale = check_value("--scale", args.scale, SCALE)
+    seed = check_value("--seed", args.seed, SEED)
     spec = parse_data_spec(args.data, "--data")
     validation = parse_data_spec(args.validation, "--validation") if args.validation else None
 
     data = load_arrays(spec)
     if data.labels is None:
-        raise UsageError(f"--data: {spec.text} has no labels to train on (a .npz file needs them under 'y').")
+        raise UsageError(
+            f"argument --data: {spec.text} has no labels to train on (a .npz file needs them under 'y')."
+        )
     inputs = ModelInputs(data, scale, channels_first=framework == "torch", batch_size=batch_size)
     x, y = inputs.arrays()
     options = dict(
@@ -438,7 +540,7 @@ def run_train(args: Any) -> list[str]:
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
-        seed=args.seed,
+        seed=seed,
     )
     if framework == "keras":
         import_framework("keras")
@@ -459,7 +561,7 @@ def run_train(args: Any) -> list[str]:
     if validation is not None:
         held_out = load_arrays(validation)
         if held_out.labels is None:
-            raise UsageError(f"--validation: {validation.text} has no labels.")
+            raise UsageError(f"argument --validation: {validation.text} has no labels.")
         lines.append(
             f"Accuracy on {held_out.describe()}: {_accuracy(model, held_out, scale, batch_size):.4f}"
         )
@@ -477,11 +579,11 @@ def _accuracy(model: Any, data: LoadedData, scale: float, batch_size: int) -> fl
 def run_fit(args: Any) -> list[str]:
     """``oodscope fit``: fit one detector on a model and data, optionally calibrate it, save it."""
     detector = parse_detector(args.detector)
-    batch_size = check_positive_int("--batch-size", args.batch_size)
-    scale = check_positive_number("--scale", args.scale)
+    batch_size = check_value("--batch-size", args.batch_size, BATCH_SIZE)
+    scale = check_value("--scale", args.scale, SCALE)
     if args.tpr is not None and not args.calibrate:
-        raise UsageError("--tpr sets the threshold of --calibrate; give --calibrate SPEC too.")
-    tpr = check_tpr("--tpr", 0.95 if args.tpr is None else args.tpr)
+        raise UsageError("argument --tpr: sets the threshold of --calibrate; give --calibrate SPEC too.")
+    tpr = check_value("--tpr", 0.95 if args.tpr is None else args.tpr, TPR)
     spec = parse_data_spec(args.data, "--data") if args.data else None
     if spec is None and detector._needs_fit():
         raise UsageError(
@@ -522,12 +624,18 @@ def run_bench(config: dict[str, Any]) -> tuple[Any, list[str]]:
     for key in ("model", "id", "ood", "detectors"):
         if not config.get(key):
             raise UsageError(f"bench needs {key!r} (a flag or a key of the config file).")
-    batch_size = check_positive_int("--batch-size", config.get("batch_size", DEFAULT_BATCH_SIZE))
-    scale = check_positive_number("--scale", config.get("scale", DEFAULT_SCALE))
+    batch_size = check_value("--batch-size", config.get("batch_size", DEFAULT_BATCH_SIZE), BATCH_SIZE)
+    scale = check_value("--scale", config.get("scale", DEFAULT_SCALE), SCALE)
     ood = config["ood"]
-    if isinstance(ood, list):
-        ood = dict(_named(item) for item in ood)
-    if not isinstance(ood, dict):
+    ood_specs: dict[str, DataSpec] = {}
+    if isinstance(ood, list):  # NAME=SPEC items, as on the command line
+        for item in ood:
+            name, spec = named_spec(item, ood_specs)
+            ood_specs[name] = spec
+    elif isinstance(ood, dict):
+        for name, text in ood.items():
+            ood_specs[checked_ood_name(str(name), ood_specs)] = parse_data_spec(text, f"--ood {name}")
+    else:
         raise UsageError(
             '\'ood\' must map names to data specifications, e.g. {"fashion": "fashion_mnist:test"}.'
         )
@@ -537,7 +645,6 @@ def run_bench(config: dict[str, Any]) -> tuple[Any, list[str]]:
     detectors = [parse_detector(d) if isinstance(d, str) else d for d in detector_specs]
     specs = {"fit": parse_data_spec(config["fit"], "--fit") if config.get("fit") else None}
     specs["id"] = parse_data_spec(config["id"], "--id")
-    ood_specs = {name: parse_data_spec(spec, f"--ood {name}") for name, spec in ood.items()}
     model_path = check_model_path(config["model"])
     out = Path(config.get("out") or "oodscope_report")
     save_to = Path(config["save_detectors"]) if config.get("save_detectors") else None
@@ -579,22 +686,15 @@ def run_bench(config: dict[str, Any]) -> tuple[Any, list[str]]:
     return report, lines
 
 
-def _named(item: str) -> tuple[str, str]:
-    name, sep, spec = item.partition("=")
-    if not sep or not name or not spec:
-        raise UsageError(f"--ood takes NAME=SPEC (e.g. fashion=fashion_mnist:test); got {item!r}.")
-    return name, spec
-
-
 def read_config(path: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UsageError(f"--config: no config file at {path}.") from None
+        raise UsageError(f"argument --config: no config file at {path}.") from None
     except json.JSONDecodeError as error:
-        raise UsageError(f"--config: {path} is not valid JSON: {error}.") from None
+        raise UsageError(f"argument --config: {path} is not valid JSON: {error}.") from None
     if not isinstance(config, dict):
-        raise UsageError(f"--config: {path} must hold a JSON object.")
+        raise UsageError(f"argument --config: {path} must hold a JSON object.")
     return config
 
 
@@ -610,21 +710,23 @@ def run_score(
     pass of the model; as CSV columns and rows."""
     from .persistence import DetectorFileError, ModelMismatchError, load
 
-    batch_size = check_positive_int("--batch-size", batch_size)
-    scale = check_positive_number("--scale", scale)
+    batch_size = check_value("--batch-size", batch_size, BATCH_SIZE)
+    scale = check_value("--scale", scale, SCALE)
     spec = parse_data_spec(inputs, "--inputs")
     if not Path(detector_path).is_file():
-        raise UsageError(f"--detector: no detector file at {detector_path}; write one with oodscope fit.")
+        raise UsageError(
+            f"argument --detector: no detector file at {detector_path}; write one with oodscope fit."
+        )
     checked_model = check_model_path(model_path)
 
     model = load_model(checked_model)
     try:
         detector = load(detector_path, model=model, check_model=check_model)
     except DetectorFileError as error:
-        raise UsageError(f"--detector: {error}") from None
+        raise UsageError(f"argument --detector: {error}") from None
     except ModelMismatchError as error:
         raise UsageError(
-            f"--model: {model_path} is not the model that {detector_path} was fitted on: "
+            f"argument --model: {model_path} is not the model that {detector_path} was fitted on: "
             f"{'; '.join(error.differences)}. Give the model it was fitted on, or fit the detector on this "
             "one (oodscope fit); --ignore-model-mismatch scores with this model anyway."
         ) from None

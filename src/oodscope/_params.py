@@ -5,13 +5,17 @@ Each detector declares ``_parameter_constraints``, e.g.
 raises::
 
     ValueError: The 'gamma' parameter of GEN must be a float in (0, inf). Got 0 instead.
+
+The command line builds its numeric flags from the same constraints (:func:`argument_type`), so
+``--batch-size 0`` fails with ``argument --batch-size: must be an int in [1, inf); got '0'``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -32,7 +36,9 @@ class Constraint:
 class Interval(Constraint):
     """A real (``kind=float``) or integer (``kind=int``) interval; ``None`` bounds are infinite.
 
-    ``closed`` is one of "both", "left", "right", "neither". Booleans are never accepted as numbers.
+    ``closed`` is one of "both", "left", "right", "neither". Booleans are never accepted as numbers, NaN
+    never is, and an infinite bound is open: ``Interval(float, 0, None)`` is [0, inf), so ``inf`` (which
+    would turn a temperature or an exponent into a silently degenerate score) is refused.
     """
 
     def __init__(self, kind: type, left: float | None, right: float | None, closed: str = "both"):
@@ -48,7 +54,7 @@ class Interval(Constraint):
         return isinstance(value, numbers.Integral) if self.kind is int else True
 
     def is_satisfied_by(self, value: Any) -> bool:
-        if not self._is_number(value) or (isinstance(value, float) and math.isnan(value)):
+        if not self._is_number(value) or not math.isfinite(float(value)):  # numpy floats too
             return False
         if self.left is not None:
             if value < self.left or (value == self.left and self.closed in ("right", "neither")):
@@ -61,10 +67,13 @@ class Interval(Constraint):
     def describe(self) -> str:
         left_bracket = "[" if self.closed in ("both", "left") and self.left is not None else "("
         right_bracket = "]" if self.closed in ("both", "right") and self.right is not None else ")"
-        left = "-inf" if self.left is None else f"{self.left:g}"
-        right = "inf" if self.right is None else f"{self.right:g}"
+        left = "-inf" if self.left is None else self._bound(self.left)
+        right = "inf" if self.right is None else self._bound(self.right)
         noun = "an int" if self.kind is int else "a float"
         return f"{noun} in {left_bracket}{left}, {right}{right_bracket}"
+
+    def _bound(self, value: float) -> str:
+        return str(int(value)) if self.kind is int else f"{value:g}"
 
     def invalid_examples(self) -> list[Any]:
         examples: list[Any] = ["1", None, True]
@@ -76,6 +85,8 @@ class Interval(Constraint):
             examples.append(2.5)
         else:
             examples.append(float("nan"))
+            if self.right is None:
+                examples.append(math.inf)
         return examples
 
 
@@ -139,3 +150,26 @@ def validate_params(owner: str, params: Mapping[str, Any], constraints: Mapping[
             raise ValueError(
                 f"The {name!r} parameter of {owner} must be {constraint.describe()}. Got {value!r} instead."
             )
+
+
+def argument_type(constraint: Interval) -> Callable[[str], Any]:
+    """An ``argparse`` ``type=`` function reading a flag's text as a number that meets ``constraint``.
+
+    A bad value is an :class:`argparse.ArgumentTypeError` with the constraint's own description, so argparse
+    exits with code 2 and ``argument --batch-size: must be an int in [1, inf); got '0'``.
+
+    >>> argument_type(Interval(int, 1, None))("16")
+    16
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = constraint.kind(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not constraint.is_satisfied_by(value):
+            raise argparse.ArgumentTypeError(f"must be {constraint.describe()}; got {text!r}")
+        return value
+
+    parse.__name__ = constraint.kind.__name__  # what argparse calls the type in its own messages
+    return parse

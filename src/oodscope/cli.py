@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
 
@@ -117,7 +118,20 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli_tasks import DEFAULT_BATCH_SIZE, DEFAULT_SCALE
+    from ._cli_tasks import (
+        BATCH_SIZE,
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_SCALE,
+        EPOCHS,
+        LEARNING_RATE,
+        SCALE,
+        SEED,
+        TPR,
+        NamedSpecsAction,
+        data_spec_type,
+        detector_type,
+    )
+    from ._params import argument_type
     from .training._common import MODEL_NAMES
 
     # -v works before and after the command (`oodscope -v bench ...`, `oodscope bench ... -v`)
@@ -142,15 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[verbosity], **kwargs)
 
+    # every number and data spec is read by a type that checks it, so a bad one is argparse's usage error
+    batch_size, scale, tpr = (argument_type(c) for c in (BATCH_SIZE, SCALE, TPR))
+    epochs, learning_rate, seed = (argument_type(c) for c in (EPOCHS, LEARNING_RATE, SEED))
+
+    def spec_option(sub: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+        sub.add_argument(flag, type=data_spec_type(flag), metavar=kwargs.pop("metavar", "SPEC"), **kwargs)
+
     def scale_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--scale",
-            type=float,
+            type=scale,
             help=f"divide inputs by this before the model (default: {DEFAULT_SCALE:g}; 1 for float data)",
         )
 
     def batch_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--batch-size", type=int, help=f"batch size (default: {DEFAULT_BATCH_SIZE})")
+        sub.add_argument("--batch-size", type=batch_size, help=f"batch size (default: {DEFAULT_BATCH_SIZE})")
 
     demo = command(
         "demo",
@@ -161,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "set, print the metric table and save the GEN plots. Without TensorFlow or torch, scikit-learn is "
         "used.",
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--epochs", type=int, help="training epochs (default: 2 on MNIST, 60 on 8x8 digits)")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
+    demo.add_argument("--epochs", type=epochs, help="training epochs (default: 2 on MNIST, 60 on 8x8 digits)")
     demo.add_argument("--out", default="oodscope_demo", help="folder for the plots (default: oodscope_demo)")
     demo.add_argument(
         "--backend", choices=["tensorflow", "torch", "sklearn"], help="default: what is installed"
@@ -177,20 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
         "framework's own format: --out ending in .keras (or .h5) trains with Keras, .pt with torch (which "
         "also writes FILE.pt.json, the architecture, next to the weights). " + DATA_HELP,
     )
-    train.add_argument("--data", required=True, help="labelled training data, e.g. mnist:train:0-4")
+    spec_option(train, "--data", required=True, help="labelled training data, e.g. mnist:train:0-4")
     train.add_argument("--out", required=True, help="model file: toy.keras (Keras) or toy.pt (torch)")
     train.add_argument(
         "--architecture", choices=MODEL_NAMES, default="toy_convnet", help="default: toy_convnet"
     )
-    train.add_argument("--epochs", type=int, default=2, help="default: 2")
-    train.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default: 128")
+    train.add_argument("--epochs", type=epochs, default=2, help="default: 2")
+    train.add_argument("--batch-size", type=batch_size, default=DEFAULT_BATCH_SIZE, help="default: 128")
     train.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="Adam's learning rate (default: 1e-3)"
+        "--learning-rate", type=learning_rate, default=1e-3, help="Adam's learning rate (default: 1e-3)"
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    train.add_argument("--validation", help="labelled held-out data to report the accuracy on")
+    train.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
+    spec_option(train, "--validation", help="labelled held-out data to report the accuracy on")
     train.add_argument(
-        "--scale", type=float, default=DEFAULT_SCALE, help="divide inputs by this (default: 255)"
+        "--scale", type=scale, default=DEFAULT_SCALE, help="divide inputs by this (default: 255)"
     )
     train.set_defaults(run=_train)
 
@@ -205,12 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         + DETECTOR_HELP,
     )
     fit.add_argument("--model", required=True, help="saved model (.keras / .h5 or .pt)")
-    fit.add_argument("--detector", required=True, help="e.g. 'KNN(k=10)'")
-    fit.add_argument("--data", help="ID data to fit on, e.g. mnist:train:0-4 (not needed by GEN, MSP, ...)")
-    fit.add_argument(
-        "--calibrate", metavar="SPEC", help="held-out ID data for the threshold, e.g. mnist:test:0-4"
-    )
-    fit.add_argument("--tpr", type=float, help="share of the --calibrate data kept as ID (default: 0.95)")
+    fit.add_argument("--detector", required=True, type=detector_type, help="e.g. 'KNN(k=10)'")
+    spec_option(fit, "--data", help="ID data to fit on, e.g. mnist:train:0-4 (not needed by GEN, MSP, ...)")
+    spec_option(fit, "--calibrate", help="held-out ID data for the threshold, e.g. mnist:test:0-4")
+    fit.add_argument("--tpr", type=tpr, help="share of the --calibrate data kept as ID (default: 0.95)")
     fit.add_argument("--out", required=True, help="detector file to write, e.g. knn.oodscope")
     scale_option(fit)
     batch_option(fit)
@@ -227,12 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--config", help="JSON configuration file")
     bench.add_argument("--model", help="saved model (.keras / .h5 or .pt)")
-    bench.add_argument("--fit", help="fit data spec (ID training data), e.g. mnist:train:0-4")
-    bench.add_argument("--id", help="ID test data spec, e.g. mnist:test:0-4")
+    spec_option(bench, "--fit", help="fit data spec (ID training data), e.g. mnist:train:0-4")
+    spec_option(bench, "--id", help="ID test data spec, e.g. mnist:test:0-4")
     bench.add_argument(
-        "--ood", nargs="+", metavar="NAME=SPEC", help="OOD sets, e.g. fashion=fashion_mnist:test"
+        "--ood",
+        nargs="+",
+        action=NamedSpecsAction,
+        metavar="NAME=SPEC",
+        help="OOD sets, e.g. fashion=fashion_mnist:test",
     )
-    bench.add_argument("--detectors", nargs="+", metavar="DETECTOR", help="e.g. 'GEN()' 'KNN(k=10)'")
+    bench.add_argument(
+        "--detectors", nargs="+", type=detector_type, metavar="DETECTOR", help="e.g. 'GEN()' 'KNN(k=10)'"
+    )
     bench.add_argument("--out", help="output folder (default: oodscope_report)")
     bench.add_argument(
         "--save-detectors", metavar="DIR", help="save each fitted detector to DIR as .oodscope"
@@ -251,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--detector", required=True, help="detector file (.oodscope)")
     score.add_argument("--model", required=True, help="the model it was fitted on (.keras / .h5 or .pt)")
-    score.add_argument("--inputs", required=True, help="data spec or .npz / .npy file")
+    spec_option(score, "--inputs", required=True, help="data spec or .npz / .npy file")
     score.add_argument("--out", help="CSV file (default: standard output)")
     score.add_argument(
         "--ignore-model-mismatch",
@@ -280,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (UsageError, LayerNotFoundError) as error:  # a layer named in a detector's arguments
-        sys.stderr.write(f"oodscope {args.command}: {error}\n")
+        sys.stderr.write(f"oodscope {args.command}: error: {error}\n")
         return 2
     except BrokenPipeError:  # the reader went away (`oodscope score ... | head`): not worth a message
         with contextlib.suppress(OSError, ValueError):
