@@ -159,8 +159,11 @@ def _split_by_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     s = _as_score_array(scores, "scores")
     for name, value in (("in_value", in_value), ("out_value", out_value)):
-        if np.ndim(value) != 0:
-            raise ValueError(f"{name} must be a single label value (a scalar); got {value!r}.")
+        if not isinstance(value, (numbers.Number, str, bytes, np.generic)) or np.ndim(value) != 0:
+            raise ValueError(
+                f"{name} must be a single label value (a number or a string); got {value!r}. Labels are "
+                "compared element by element with it, so a set, list or array cannot be one."
+            )
     if _equals(np.asarray([in_value], dtype=object), out_value)[0]:
         raise ValueError(f"in_value and out_value must differ; both are {in_value!r}.")
     lab = np.asarray(labels)
@@ -191,10 +194,27 @@ def _split_by_labels(
 
 
 def _is_pair_like(scores: Any) -> bool:
-    """True when ``scores`` is a tuple/list of array-likes, i.e. meant as ``(scores_in, scores_out)``."""
+    """True when ``scores`` is a tuple/list of array-likes, i.e. meant as ``(scores_in, scores_out)``; also
+    when an item of a tuple is something else that is not a number (a string, None), so that the pair's
+    check names what is wrong with it instead of asking for labels."""
     if not isinstance(scores, (tuple, list)) or len(scores) == 0:
         return False
-    return all(not isinstance(item, (str, bytes)) and np.ndim(item) >= 1 for item in scores)
+    if all(not isinstance(item, (str, bytes)) and np.ndim(item) >= 1 for item in scores):
+        return True
+    return isinstance(scores, tuple) and any(
+        not isinstance(item, (numbers.Number, np.generic)) and np.ndim(item) == 0 for item in scores
+    )
+
+
+def _check_score_container(scores: Any) -> None:
+    """Refuse containers that hold scores in no order: a dict (which is ID?), a set, an iterator."""
+    if isinstance(scores, (dict, set, frozenset)) or (
+        hasattr(scores, "__next__") and not hasattr(scores, "__len__")
+    ):
+        raise TypeError(
+            f"scores must be a pair (scores_in, scores_out) of 1-D arrays, or one 1-D array with labels; got "
+            f"a {type(scores).__name__}. Pass e.g. (scores['id'], scores['ood']) as a tuple."
+        )
 
 
 def _check_positive(positive: Any) -> str:
@@ -442,11 +462,19 @@ def bench_metrics(
     {'auroc': 1.0, 'fpr95tpr': 0.0}
     """
     positive = _check_positive(positive)
-    names: Sequence[Any] = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    if isinstance(metrics, str):
+        names: Sequence[Any] = (metrics,)
+    elif isinstance(metrics, Iterable):
+        names = tuple(metrics)
+    else:
+        raise TypeError(
+            f"metrics must be a metric name or a list of them; got {metrics!r}. {_VALID_NAMES_MESSAGE}"
+        )
     if len(names) == 0:
         raise ValueError(f"metrics must name at least one metric. {_VALID_NAMES_MESSAGE}")
     parsed = [_parse_metric(name, positive) for name in names]
 
+    _check_score_container(scores)
     if _is_pair_like(scores):
         if labels is not None:
             raise ValueError(
@@ -792,11 +820,27 @@ def conformal_pvalues(scores: Any, calibration_scores: Any) -> np.ndarray:
     flagging p <= a wrongly flags at most a share a of ID data (on average over calibration sets).
     :meth:`Detector.pvalues <oodscope.detectors.Detector.pvalues>` computes these from its calibration.
 
+    Both arrays are 1-D; the calibration scores must be non-empty (with none, every p-value would be 1) and
+    neither may hold NaN (which compares with nothing). Infinite scores are fine: ``inf`` is as unlike the ID
+    data as a score can be.
+
     >>> conformal_pvalues([0.5, 10.0, -1.0], [0.0, 1.0, 2.0, 3.0]).tolist()
     [0.8, 0.2, 1.0]
     """
-    calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64))
-    at_least = calibration.size - np.searchsorted(
-        calibration, np.asarray(scores, dtype=np.float64), side="left"
-    )
+    scores = _as_score_array(scores, "scores")
+    calibration = _as_score_array(calibration_scores, "calibration_scores")
+    if calibration.size == 0:
+        raise ValueError(
+            "calibration_scores is empty: p-values need the scores of held-out ID samples (calibrate the "
+            "detector on a few hundred of them)."
+        )
+    for name, values in (("scores", scores), ("calibration_scores", calibration)):
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        if n_nan:
+            raise ValueError(
+                f"{name} holds {n_nan} NaN value(s) out of {values.size}; a NaN score has no rank. Drop "
+                "those samples or fix the detector's inputs."
+            )
+    calibration = np.sort(calibration)
+    at_least = calibration.size - np.searchsorted(calibration, scores, side="left")
     return (1.0 + at_least) / (calibration.size + 1.0)
