@@ -59,7 +59,7 @@ class Aggregator(LearnedState):
             raise NotFittedError(
                 f"This {name} is not fitted yet. Call fit() with per-layer fit scores first."
             )
-        scores = _as_layer_scores(layer_scores, name)
+        scores = _as_layer_scores(layer_scores, name, min_rows=0)  # scoring 0 samples gives 0 scores
         if scores.shape[1] != self.n_layers_:
             raise ValueError(
                 f"{name} was fitted on {self.n_layers_} layers; got scores for {scores.shape[1]} layers."
@@ -101,14 +101,31 @@ class Aggregator(LearnedState):
         return f"{type(self).__name__}({', '.join(shown)})"
 
 
-def _as_layer_scores(layer_scores: Any, owner: str) -> np.ndarray:
-    scores = np.asarray(layer_scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+def _as_layer_scores(layer_scores: Any, owner: str, min_rows: int = 1) -> np.ndarray:
+    """Per-layer scores as float64 [N, L], N at least ``min_rows`` and L at least 1, finite; real numbers only
+    (a complex or string array is refused, never cast)."""
+    try:
+        scores = np.asarray(layer_scores)
+    except ValueError:  # ragged nested lists
+        raise ValueError(
+            f"{owner} expects per-layer scores of shape [n_samples, n_layers]; got rows of different lengths."
+        ) from None
+    if scores.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{owner} expects real-valued per-layer scores [n_samples, n_layers]; got dtype {scores.dtype}."
+        )
+    if scores.ndim != 2 or scores.shape[0] < min_rows or scores.shape[1] == 0:
         raise ValueError(
             f"{owner} expects per-layer scores of shape [n_samples, n_layers]; got shape {scores.shape}."
         )
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{owner} got per-layer scores holding NaN or inf.")
+    scores = scores.astype(np.float64, copy=False)
+    finite = np.isfinite(scores)
+    if not finite.all():
+        bad_layers = np.flatnonzero(~finite.all(axis=0)).tolist()
+        raise ValueError(
+            f"{owner} got per-layer scores holding NaN or inf in {int((~finite.all(axis=1)).sum())} of "
+            f"{len(scores)} rows (layer column(s) {bad_layers}); check the layers' detectors and features."
+        )
     return scores
 
 
