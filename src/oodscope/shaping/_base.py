@@ -134,9 +134,28 @@ def percentile(values: np.ndarray, q: float) -> float:
 
 def _as_float(features: np.ndarray) -> np.ndarray:
     # Shaping keeps the features' precision (float32 stays float32: half the memory traffic); the
-    # per-sample sums and scale factors are computed in float64.
+    # per-sample sums and scale factors are computed in float64. float16 becomes float32: its range
+    # (65504) is too narrow for recomputed logits, which would overflow to inf.
     h = np.asarray(features)
-    return h if h.dtype.kind == "f" else h.astype(np.float64)
+    if h.dtype.kind == "f":
+        return h if h.dtype.itemsize >= 4 else h.astype(np.float32)
+    return h.astype(np.float64)
+
+
+def _activations(features: Any, method: str) -> np.ndarray:
+    """The activations given to a shaping function, checked: real numbers [n_samples, n_features], finite."""
+    h = np.asarray(features)
+    if h.dtype.kind not in "biuf":
+        raise TypeError(f"{method} expects real-valued activations; got dtype {h.dtype}.")
+    if h.ndim != 2 or h.shape[1] == 0:
+        raise ValueError(
+            f"{method} expects activations of shape [n_samples, n_features] with at least one feature; got "
+            f"shape {h.shape}. For one sample, pass features[None, :]."
+        )
+    h = _as_float(h)
+    if not np.isfinite(h).all():
+        raise ValueError(f"{method}'s activations hold NaN or inf; check the model's outputs.")
+    return h
 
 
 def _kept_count(n_features: int, percentile: float) -> int:
@@ -337,3 +356,4 @@ class _Shaping(Detector):
 
 _DETECTOR = InstanceOf(Detector, allow_none=True)
 _PERCENTILE = Interval(float, 0, 100, closed="left")
+_EPS = Interval(float, 0, None, closed="neither")

@@ -6,12 +6,13 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from .._params import Options
+from .._params import Options, validate_params
 from ..detectors.base import Detector
 from ._base import (
     _DETECTOR,
+    _EPS,
     _PERCENTILE,
-    _as_float,
+    _activations,
     _check_non_negative,
     _kept_count,
     _materialise,
@@ -25,6 +26,8 @@ from ._base import (
 
 __all__ = ["ASH", "ash"]
 
+_VARIANT = Options(["s", "p", "b"])
+
 
 def ash(features: np.ndarray, percentile: float = 90.0, variant: str = "s", eps: float = 1e-12) -> np.ndarray:
     """ASH: per sample, keep the activations at or above the k-th largest (k = n − round(n·p/100)), zero
@@ -35,9 +38,15 @@ def ash(features: np.ndarray, percentile: float = 90.0, variant: str = "s", eps:
     - ``"s"`` (scale): multiply the kept activations by exp(s1 / s2);
 
     with s1 the sample's activation sum before pruning and s2 after; ``eps`` keeps s1 / s2 finite for an
-    all-zero sample. Activations must be non-negative. Keeps the input's floating precision.
+    all-zero sample. Activations [N, D] must be non-negative. Keeps the input's floating precision (float16
+    as float32).
     """
-    h = _as_float(features)
+    validate_params(
+        "ash",
+        {"percentile": percentile, "variant": variant, "eps": eps},
+        {"percentile": _PERCENTILE, "variant": _VARIANT, "eps": _EPS},
+    )
+    h = _activations(features, "ash")
     _check_non_negative(h, "ASH")
     return _materialise(*_ash_parts(h, percentile, variant, eps, _Scratch()))
 
@@ -98,7 +107,7 @@ class ASH(_Shaping):
     _parameter_constraints = {
         "detector": _DETECTOR,
         "percentile": _PERCENTILE,
-        "variant": Options(["s", "p", "b"]),
+        "variant": _VARIANT,
     }
 
     def __init__(

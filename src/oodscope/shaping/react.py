@@ -6,15 +6,22 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from .._params import Interval, validate_params
 from ..detectors.base import Detector
-from ._base import _DETECTOR, _PERCENTILE, _as_float, _Scratch, _Shaping, _shared, percentile
+from ._base import _DETECTOR, _PERCENTILE, _activations, _Scratch, _Shaping, _shared, percentile
 
 __all__ = ["ReAct", "react"]
 
 
 def react(features: np.ndarray, threshold: float) -> np.ndarray:
-    """Clip activations from above: ``min(h, c)``, in the features' own precision."""
-    h = _as_float(features)
+    """Clip activations [N, D] from above: ``min(h, c)``, in the features' own precision (float16 as
+    float32).
+
+    >>> react(np.array([[0.5, 3.0]]), threshold=1.0)
+    array([[0.5, 1. ]])
+    """
+    validate_params("react", {"threshold": threshold}, {"threshold": Interval(float, None, None)})
+    h = _activations(features, "react")
     return np.minimum(h, h.dtype.type(threshold))
 
 

@@ -6,11 +6,13 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from .._params import validate_params
 from ..detectors.base import Detector
 from ._base import (
     _DETECTOR,
+    _EPS,
     _PERCENTILE,
-    _as_float,
+    _activations,
     _check_non_negative,
     _kept_count,
     _materialise,
@@ -26,9 +28,10 @@ __all__ = ["SCALE", "scale"]
 
 def scale(features: np.ndarray, percentile: float = 85.0, eps: float = 1e-12) -> np.ndarray:
     """SCALE: ``h · exp(s1 / s2)`` with s1 the sum of all activations and s2 the sum of the k largest
-    (k = n − round(n·p/100)); nothing is pruned. Activations must be non-negative. Keeps the input's
-    floating precision."""
-    h = _as_float(features)
+    (k = n − round(n·p/100)); nothing is pruned. Activations [N, D] must be non-negative. Keeps the input's
+    floating precision (float16 as float32)."""
+    validate_params("scale", {"percentile": percentile, "eps": eps}, {"percentile": _PERCENTILE, "eps": _EPS})
+    h = _activations(features, "scale")
     _check_non_negative(h, "SCALE")
     return _materialise(*_scale_parts(h, percentile, eps, _Scratch()))
 
