@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._params import AnyOf, Interval, Options
+from .._params import AnyOf, Interval, Options, validate_params
 from ..features import Features
 from ..needs import Needs
 from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
@@ -42,7 +42,11 @@ def gram_statistics(maps: Any, orders: int = 10, channels_last: bool = False) ->
     >>> gram_statistics(np.array([[[1.0, 2.0], [3.0, 0.0]]]), orders=2)  # one map, C=2, S=2
     array([[ 8.        , 12.        ,  5.09901951,  9.48683298]])
     """
-    a = np.asarray(maps, dtype=np.float64)
+    validate_params("gram_statistics", {"orders": orders}, {"orders": Interval(int, 1, None)})
+    a = np.asarray(maps)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"gram_statistics expects real-valued feature maps; got dtype {a.dtype}.")
+    a = a.astype(np.float64, copy=False)
     if a.ndim < 2:
         raise ValueError(f"gram_statistics expects a batch of maps [B, C, ...]; got shape {a.shape}.")
     if a.ndim > 2 and channels_last:
@@ -56,6 +60,12 @@ def gram_statistics(maps: Any, orders: int = 10, channels_last: bool = False) ->
             power *= a
         row_sums = np.matmul(power, power.sum(axis=1)[:, :, None])[:, :, 0]
         out[:, p - 1] = np.sign(row_sums) * np.abs(row_sums) ** (1.0 / p)
+    if not np.isfinite(out).all():
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=(0, 2))) + 1
+        raise ValueError(
+            f"gram_statistics of order(s) {bad.tolist()} overflow float64 for these maps (values up to "
+            f"{np.abs(a).max():.3g}); lower 'orders' or rescale the activations."
+        )
     return out.reshape(n, orders * n_channels)
 
 

@@ -11,6 +11,7 @@ from .._params import Interval, validate_params
 from ..features import Features
 from ..losses import PredictedClassCE
 from ..needs import Needs, Perturbation
+from ._logits import as_logits
 from .base import Detector
 from .msp import msp_score
 
@@ -29,7 +30,7 @@ def odin_score(logits: Any, temperature: float = 1000.0) -> np.ndarray:
     array([-0.8808])
     """
     validate_params("odin_score", {"temperature": temperature}, {"temperature": _CONSTRAINTS["temperature"]})
-    return msp_score(np.asarray(logits, dtype=np.float64) / temperature)
+    return msp_score(as_logits(logits) / temperature)
 
 
 class ODIN(Detector):

@@ -11,6 +11,7 @@ import numpy as np
 from .._batches import as_labels
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks
+from ._logits import as_logits
 
 __all__ = ["SHE", "she_patterns", "she_score"]
 
@@ -23,9 +24,18 @@ def she_patterns(features: Any, logits: Any, labels: Any) -> tuple[np.ndarray, n
     from the fit data to zeros; both with a warning.
     """
     h = np.asarray(features)
-    logits = np.asarray(logits)
+    logits = as_logits(logits)
+    if h.ndim != 2 or len(h) != len(logits):
+        raise ValueError(
+            "she_patterns expects features [N, D] and logits [N, C] of the same samples; got shapes "
+            f"{h.shape} and {logits.shape}."
+        )
     n_classes, dim = logits.shape[1], h.shape[1]
-    labels = as_labels(labels)
+    labels = as_labels(labels, "SHE's labels")
+    if len(labels) != len(h):
+        raise ValueError(
+            f"she_patterns got {len(labels)} labels for {len(h)} samples; give one label per sample."
+        )
     if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= n_classes)):
         raise ValueError(
             f"SHE needs integer class labels in [0, {n_classes}) that index the logits' columns; got "
@@ -62,8 +72,19 @@ def she_score(features: Any, logits: Any, patterns: Any) -> np.ndarray:
     array([-1.5])
     """
     patterns = np.asarray(patterns, dtype=np.float64)
-    predicted = np.argmax(np.asarray(logits), axis=1)
+    logits = as_logits(logits)
     h = np.asarray(features)
+    if h.ndim != 2 or patterns.ndim != 2 or len(h) != len(logits):
+        raise ValueError(
+            f"she_score expects features [N, D], logits [N, C] and patterns [C, D]; got shapes {h.shape}, "
+            f"{logits.shape} and {patterns.shape}."
+        )
+    if patterns.shape != (logits.shape[1], h.shape[1]):
+        raise ValueError(
+            f"she_score: the patterns have shape {patterns.shape}, but the logits have {logits.shape[1]} "
+            f"classes and the features {h.shape[1]} dimensions; use the patterns of the same model and layer."
+        )
+    predicted = np.argmax(logits, axis=1)
     out = np.empty(len(h))
     for rows in iter_row_blocks(len(h), h.shape[1]):
         out[rows] = -np.einsum("nd,nd->n", h[rows].astype(np.float64), patterns[predicted[rows]])
