@@ -56,8 +56,32 @@ def _labels_int64(values: Any, name: str = "Labels") -> np.ndarray:
 
 
 def _label_values(values: Any, name: str) -> np.ndarray:
-    """The distinct class labels of ``values`` (an int or an iterable of ints), refusing non-integers."""
-    return np.unique(_labels_int64(np.asarray(list(np.atleast_1d(values))), name))
+    """The distinct class labels of ``values`` (an int, or a list, tuple, set, range or array of ints),
+    refusing non-integers and an empty selection."""
+    if isinstance(values, (Mapping, str, bytes)) or values is None:
+        raise TypeError(
+            f"{name} must be a class label or a collection of them, e.g. [0, 1, 2]; got {values!r}."
+        )
+    if isinstance(values, (set, frozenset)):
+        values = sorted(values, key=repr)  # a set has no order to keep; np.asarray would make it one object
+    elif not is_array_like(values) and isinstance(values, Iterable):
+        values = list(values)
+    labels = np.unique(_labels_int64(np.atleast_1d(np.asarray(values)), name))
+    if labels.size == 0:
+        raise ValueError(f"{name} is empty; name at least one class.")
+    return labels
+
+
+def _class_labels(values: Any) -> np.ndarray:
+    """Labels of in-memory data: int64 class indices, which cannot be negative (``num_classes`` is the
+    largest + 1)."""
+    labels = _labels_int64(values)
+    if labels.size and labels.min() < 0:
+        raise ValueError(
+            f"Labels must be class indices 0, 1, ...; got {labels.min()} among them. Map other values to "
+            "indices first, e.g. np.unique(labels, return_inverse=True)[1]."
+        )
+    return labels
 
 
 def _inputs_numpy(values: Any) -> np.ndarray:
@@ -122,7 +146,12 @@ def _read_object(data: Any, input_key: str | None, label_key: str | None) -> tup
     """``(inputs, labels or None)`` of an in-memory data object, as numpy."""
     if is_array_like(data):
         return _inputs_numpy(data), None
-    if isinstance(data, tuple) and 1 <= len(data) <= 2 and all(is_array_like(part) for part in data):
+    if isinstance(data, tuple) and data and all(is_array_like(part) for part in data):
+        if len(data) > 2:
+            raise TypeError(
+                f"A tuple of arrays is (inputs,) or (inputs, labels); got {len(data)} arrays. Give OOD "
+                "labels with add_out_data(), and other columns as a dict of arrays."
+            )
         if len(data) == 2 and len(data[0]) != len(data[1]):
             raise ValueError(f"(inputs, labels) have different lengths: {len(data[0])} and {len(data[1])}.")
         return _inputs_numpy(data[0]), data[1] if len(data) == 2 else None
@@ -240,7 +269,7 @@ class OODDataset:
         inputs, labels = _read_object(dataset_id, input_key, label_key)
         self.name, self.split, self.source = None, None, type(dataset_id).__name__
         self._inputs = _as_images(np.asarray(inputs))
-        self._labels = None if labels is None else _labels_int64(labels)
+        self._labels = None if labels is None else _class_labels(labels)
         if self._labels is not None and len(self._labels) != len(self._inputs):
             raise ValueError(f"{len(self._inputs)} inputs but {len(self._labels)} labels.")
         self._num_classes = (
@@ -417,7 +446,7 @@ class OODDataset:
         if resize:
             if resize_method not in RESIZE_METHODS:
                 raise ValueError(f"resize_method must be one of {RESIZE_METHODS}; got {resize_method!r}.")
-            target = tuple(self.input_shape if shape is None else shape)
+            target = tuple(self.input_shape if shape is None else _image_shape(shape))
             if x_in.ndim != 4 or x_out.ndim != 4 or len(target) not in (2, 3):
                 raise ValueError(
                     f"resize needs images [N, H, W, C] and a target (H, W[, C]); got inputs of shapes "
@@ -495,6 +524,15 @@ class OODDataset:
             Whether these are training batches (so ``augment_fn`` applies); default ``shuffle``.
         """
         check_batch_size(batch_size)
+        for name, function in (("preprocess_fn", preprocess_fn), ("augment_fn", augment_fn)):
+            if function is not None and not callable(function):
+                raise TypeError(f"{name} must be a function of the batch's tensors; got {function!r}.")
+        for name, value in (("shuffle_buffer_size", shuffle_buffer_size), ("seed", seed)):
+            lowest = 1 if name == "shuffle_buffer_size" else 0
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest
+            ):
+                raise ValueError(f"{name} must be None or an int >= {lowest}; got {value!r}.")
         if self.backend is None:
             raise ImportError(
                 "prepare() needs TensorFlow or torch. Install one: pip install 'oodscope[tensorflow]' or "
@@ -518,6 +556,20 @@ class OODDataset:
                 columns, batch_size, functions, shuffle, shuffle_buffer_size, seed, drop_remainder
             )
         return torch_pipeline(columns, batch_size, functions, shuffle, seed, drop_remainder)
+
+
+def _image_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` given to ``add_out_data``: (height, width) or (height, width, channels) of positive ints."""
+    values = tuple(shape) if isinstance(shape, Sequence) and not isinstance(shape, str) else None
+    if (
+        values is None
+        or len(values) not in (2, 3)
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values)
+    ):
+        raise ValueError(
+            f"shape must be (height, width) or (height, width, channels) of positive ints; got {shape!r}."
+        )
+    return tuple(int(v) for v in values)
 
 
 def _fit_images(images: np.ndarray, target: tuple[int, ...], method: str) -> np.ndarray:
