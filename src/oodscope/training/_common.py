@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from .._params import Interval, validate_params
 
 MODEL_NAMES = ("toy_convnet", "toy_mlp", "resnet20")
 LR_SCHEDULERS = (None, "cosine", "steps")
@@ -28,23 +33,93 @@ def check_model_name(model: Any) -> str:
     return name
 
 
+#: the trainers' numeric arguments: the constraint each must meet and how messages say it
+_TRAINING_ARGS = {
+    "epochs": (Interval(int, 1, None), "a positive int"),
+    "batch_size": (Interval(int, 1, None), "a positive int"),
+    "learning_rate": (Interval(float, 0, None, closed="neither"), "a positive, finite number"),
+    "weight_decay": (Interval(float, 0, None), "a non-negative, finite number"),
+    "seed": (Interval(int, 0, 2**32 - 1), "None or an int in [0, 2**32 - 1]"),  # what all frameworks take
+    "num_classes": (Interval(int, 1, None), "a positive int"),
+}
+
+
+def _check_argument(name: str, value: Any) -> None:
+    constraint, words = _TRAINING_ARGS[name]
+    if not constraint.is_satisfied_by(value):
+        raise ValueError(f"{name} must be {words}; got {value!r}.")
+
+
 def check_training_args(
-    epochs: Any, batch_size: Any, learning_rate: Any, lr_scheduler: Any, optimizer: Any
+    epochs: Any,
+    batch_size: Any,
+    learning_rate: Any,
+    lr_scheduler: Any,
+    optimizer: Any,
+    weight_decay: Any = 0.0,
+    seed: Any = None,
+    num_classes: Any = None,
+    input_shape: Any = None,
 ) -> str | None:
     """Validate the arguments shared by both trainers; return the normalised schedule name."""
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be a positive number; got {learning_rate!r}.")
-    schedule = lr_scheduler.lower() if isinstance(lr_scheduler, str) else lr_scheduler
-    if schedule not in LR_SCHEDULERS:
-        raise ValueError(f"lr_scheduler must be None, 'cosine' or 'steps'; got {lr_scheduler!r}.")
+    given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    given.update(weight_decay=weight_decay, seed=seed, num_classes=num_classes)
+    for name, value in given.items():
+        if value is not None or name not in ("seed", "num_classes"):
+            _check_argument(name, value)
+    if input_shape is not None:
+        check_input_shape(input_shape)
+    schedule = check_scheduler(lr_scheduler)
     if isinstance(optimizer, str) and optimizer.lower() not in OPTIMIZERS:
         raise ValueError(
             f"Unknown optimizer {optimizer!r}; choose one of {', '.join(map(repr, OPTIMIZERS))}."
         )
     return schedule
+
+
+def check_scheduler(lr_scheduler: Any) -> str | None:
+    """The schedule's name in lower case; ValueError for anything but None, "cosine" or "steps"."""
+    schedule = lr_scheduler.lower() if isinstance(lr_scheduler, str) else lr_scheduler
+    if schedule not in LR_SCHEDULERS:
+        raise ValueError(f"lr_scheduler must be None, 'cosine' or 'steps'; got {lr_scheduler!r}.")
+    return schedule
+
+
+def check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints, e.g. (28, 28, 1); ValueError otherwise."""
+    ok = isinstance(input_shape, Sequence) and not isinstance(input_shape, str) and len(input_shape) > 0
+    if ok:
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in input_shape)
+    if not ok:
+        raise ValueError(
+            f"input_shape must be the shape of one input as positive ints, e.g. (28, 28, 1) for Keras or "
+            f"(1, 28, 28) for torch; got {input_shape!r}."
+        )
+    return tuple(int(v) for v in input_shape)
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` as an int >= 1; ValueError otherwise."""
+    _check_argument("num_classes", num_classes)
+    return int(num_classes)
+
+
+def check_label_range(labels: Any, n_classes: int | None) -> None:
+    """Refuse labels that are not class indices of a model with ``n_classes`` outputs (negative ones always):
+    the loss would fail inside the framework (a device-side assert on a GPU) or train on garbage."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.ndim != 1:  # one-hot rows are checked by their width
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (n_classes is not None and high >= n_classes):
+        bound = (
+            "0, 1, ..." if n_classes is None else f"0 to {n_classes - 1} (the model has {n_classes} outputs)"
+        )
+        raise ValueError(
+            f"Labels must be class indices {bound}; got {low if low < 0 else high}. Pass num_classes= large "
+            "enough for a built-in model, or map the labels to indices first "
+            "(np.unique(labels, return_inverse=True)[1])."
+        )
 
 
 def step_milestones(total_steps: int) -> tuple[int, int]:
@@ -101,9 +176,16 @@ def learning_rate_at(
     >>> round(learning_rate_at(4, 8, 1.0, "cosine"), 6)
     0.5
     """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be at least 1; got {total_steps}.")
-    return learning_rate * lr_factor(step, total_steps, lr_scheduler)
+    validate_params(
+        "learning_rate_at",
+        {"step": step, "total_steps": total_steps, "learning_rate": learning_rate},
+        {
+            "step": Interval(int, 0, None),
+            "total_steps": Interval(int, 1, None),
+            "learning_rate": _TRAINING_ARGS["learning_rate"][0],
+        },
+    )
+    return learning_rate * lr_factor(step, total_steps, check_scheduler(lr_scheduler))
 
 
 def resolve_save_path(save_dir: str | os.PathLike, default_name: str, suffixes: tuple[str, ...]) -> Path:

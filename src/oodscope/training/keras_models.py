@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import keras
 
-from ._common import check_model_name
+from ._common import check_input_shape, check_model_name, check_num_classes
 
 __all__ = ["build_model", "resnet20", "toy_convnet", "toy_mlp"]
 
@@ -156,6 +156,8 @@ def resnet20(input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10) ->
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> keras.Model:
-    """One of the built-in models by name: ``"toy_convnet"``, ``"toy_mlp"`` or ``"resnet20"``."""
+    """One of the built-in models by name: ``"toy_convnet"``, ``"toy_mlp"`` or ``"resnet20"``; the shape of
+    one input must be positive ints and ``num_classes`` at least 1."""
+    input_shape, num_classes = check_input_shape(input_shape), check_num_classes(num_classes)
     builders = {"toy_convnet": toy_convnet, "toy_mlp": toy_mlp, "resnet20": resnet20}
     return builders[check_model_name(name)](input_shape, num_classes)

@@ -19,6 +19,7 @@ from ._common import (
     KERAS_SUFFIXES,
     SGD_MOMENTUM,
     ModelFileError,
+    check_label_range,
     check_model_file,
     check_training_args,
     resolve_save_path,
@@ -133,7 +134,17 @@ def train_tf_model(
                                validation_data=ds_in)
         loss, accuracy = model.evaluate(ds_in)
     """
-    schedule = check_training_args(epochs, batch_size, learning_rate, lr_scheduler, optimizer)
+    schedule = check_training_args(
+        epochs,
+        batch_size,
+        learning_rate,
+        lr_scheduler,
+        optimizer,
+        weight_decay=weight_decay,
+        seed=seed,
+        num_classes=num_classes,
+        input_shape=input_shape,
+    )
     if not isinstance(model, (str, keras.Model)):
         raise TypeError(f"model must be a built-in model name or a keras.Model; got {type(model).__name__}.")
     x, y, dataset = _split_train_data(train_data)
@@ -143,8 +154,15 @@ def train_tf_model(
         keras.utils.set_random_seed(int(seed))
     if isinstance(model, str):
         input_shape = _input_shape(x, dataset, input_shape)
+        if x is not None and tuple(x.shape[1:]) != input_shape:
+            raise ValueError(
+                f"input_shape={input_shape} but the inputs have shape {tuple(x.shape[1:])}; leave "
+                "input_shape out to read it from the data."
+            )
         num_classes = _num_classes(y, dataset, num_classes)
         model = build_model(model, input_shape, num_classes)
+    if y is not None:  # arrays: their labels against the model's outputs, before Keras sees them
+        check_label_range(y, int(model.outputs[0].shape[-1]) if len(model.outputs) == 1 else None)
     if dataset is not None:
         dataset = train_data = _batched(dataset, model, batch_size, "train_data")
     if TF_DATASET.recognises(validation_data):
@@ -261,6 +279,9 @@ def _split_train_data(train_data: Any) -> tuple[np.ndarray | None, np.ndarray | 
         y = as_labels(train_data[1])
         if len(x) != len(y):
             raise ValueError(f"x and y have different lengths: {len(x)} and {len(y)}.")
+        if len(x) == 0:
+            raise ValueError("train_data (x, y) holds no samples; give at least one batch of them.")
+        check_label_range(y, None)
         return x, y, None
     return None, None, None
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._common import check_model_name
+from ._common import check_input_shape, check_model_name, check_num_classes
 
 __all__ = [
     "BasicBlock",
@@ -214,7 +214,9 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """One of the built-in models by name: ``"toy_convnet"``, ``"toy_mlp"`` or ``"resnet20"``."""
+    """One of the built-in models by name: ``"toy_convnet"``, ``"toy_mlp"`` or ``"resnet20"``; the shape of
+    one input must be positive ints and ``num_classes`` at least 1."""
+    input_shape, num_classes = check_input_shape(input_shape), check_num_classes(num_classes)
     return ARCHITECTURES[check_model_name(name)](input_shape, num_classes)
 
 

@@ -22,6 +22,7 @@ from ._common import (
     SGD_MOMENTUM,
     TORCH_SUFFIXES,
     ModelFileError,
+    check_label_range,
     check_model_file,
     check_model_name,
     check_training_args,
@@ -126,7 +127,17 @@ def train_torch_model(
     nn.Module
         The trained model, in eval mode, on ``device`` (the same object when ``model`` was a module).
     """
-    schedule = check_training_args(epochs, batch_size, learning_rate, lr_scheduler, optimizer)
+    schedule = check_training_args(
+        epochs,
+        batch_size,
+        learning_rate,
+        lr_scheduler,
+        optimizer,
+        weight_decay=weight_decay,
+        seed=seed,
+        num_classes=num_classes,
+        input_shape=input_shape,
+    )
     if not isinstance(model, (str, nn.Module)):
         raise TypeError(
             f"model must be a built-in model name or a torch nn.Module; got {type(model).__name__}."
@@ -146,6 +157,11 @@ def train_torch_model(
         if isinstance(model, str):
             name = check_model_name(model)
             shape = tuple(input_shape) if input_shape is not None else train.input_shape()
+            if train._arrays is not None and tuple(train._arrays[0].shape[1:]) != shape:
+                raise ValueError(
+                    f"input_shape={shape} but the inputs have shape {tuple(train._arrays[0].shape[1:])}; "
+                    "leave input_shape out to read it from the data."
+                )
             classes = int(num_classes) if num_classes is not None else train.num_classes()
             model = build_model(name, shape, classes)
         model.to(target)
@@ -199,6 +215,9 @@ def evaluate_torch_model(
         with torch.no_grad():
             for x, y in batches.tensors(target, _dtype_of(model)):
                 logits = model(x)
+                if batches.n_outputs is None:
+                    batches.n_outputs = int(logits.shape[1])
+                    check_label_range(y.cpu().numpy(), batches.n_outputs)
                 total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(dim=1) == y).sum())
                 count += int(y.numel())
@@ -327,6 +346,9 @@ class _Batches:
             x, y = data
             if len(x) != len(y):
                 raise ValueError(f"x and y have different lengths: {len(x)} and {len(y)}.")
+            if len(x) == 0:
+                raise ValueError("The data (x, y) holds no samples; give at least one batch of them.")
+            check_label_range(as_labels(y), None)
             self._arrays = (x, y)
             dataset = torch.utils.data.TensorDataset(_as_tensor(x), torch.as_tensor(as_labels(y)).long())
             self._loader: Any = torch.utils.data.DataLoader(
@@ -344,6 +366,8 @@ class _Batches:
         else:
             self._loader = data
         self._batch_size = batch_size
+        #: the model's number of outputs, once known: later batches' labels are checked against it on the CPU
+        self.n_outputs: int | None = None
 
     def numpy_batches(self) -> Iterator[tuple[Any, np.ndarray | None]]:
         return iter_batches(self._loader, self._batch_size)
@@ -356,6 +380,7 @@ class _Batches:
         for x, y in self.numpy_batches():
             if y is None:
                 raise ValueError("Training and validation batches need labels: (x, y) pairs.")
+            check_label_range(y, self.n_outputs)
             x = _as_tensor(x, dtype).to(device, non_blocking=non_blocking)
             yield x, torch.as_tensor(y).long().to(device, non_blocking=non_blocking)
 
@@ -420,6 +445,9 @@ def _train_epoch(
         for index, (x, y) in enumerate(batches.tensors(device, _dtype_of(model))):
             opt.zero_grad(set_to_none=True)
             logits = model(x)
+            if batches.n_outputs is None:  # this first batch on the device, the others before they get there
+                batches.n_outputs = int(logits.shape[1])
+                check_label_range(y.cpu().numpy(), batches.n_outputs)
             loss = loss_fn(logits, y)
             loss.backward()
             opt.step()
