@@ -21,7 +21,7 @@ import numpy as np
 from ._batches import INPUT_KEYS, LABEL_KEYS, as_labels, is_array_like, iter_batches, to_numpy
 from .backends import require
 from .extract import extract
-from .metrics import auroc, fpr_at_tpr, roc_curve
+from .metrics import _as_score_array, auroc, fpr_at_tpr, roc_curve
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -40,16 +40,49 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.8)) -> tuple[F
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize)
         return fig, ax
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes (e.g. from plt.subplots()) or None; got {ax!r}.")
     return ax.figure, ax
 
 
+def _check_axes(ax: Any) -> None:
+    """Refuse a wrong ``ax`` before any work (a projection or a model pass)."""
+    if ax is not None:
+        _axes(ax)
+
+
 def _scores(values: Any, name: str) -> np.ndarray:
-    array = np.asarray(to_numpy(values), dtype=np.float64)
-    if array.ndim != 1 or array.size == 0:
+    array = _as_score_array(values if isinstance(values, (str, bytes)) else to_numpy(values), name)
+    if array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of scores; got shape {array.shape}.")
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or inf; drop or replace them before plotting.")
     return array
+
+
+def _bin_edges(values: np.ndarray, bins: Any) -> np.ndarray:
+    """``numpy.histogram_bin_edges``, with its refusals of ``bins`` said in terms of this function."""
+    if isinstance(bins, bool) or (isinstance(bins, (int, np.integer)) and bins < 1):
+        raise ValueError(
+            f"bins must be a positive number of bins, a rule such as 'auto', or edges; got {bins!r}."
+        )
+    try:
+        return np.histogram_bin_edges(values, bins=bins)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"bins={bins!r} is not usable ({error}); give a positive int, a numpy rule such as 'auto' or "
+            "'fd', or increasing bin edges."
+        ) from None
+
+
+def _legend_names(labels: Any) -> tuple[str, str]:
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (tuple, list)) or len(labels) != 2:
+        raise ValueError(
+            f"labels must be a pair of legend names (ID, OOD), e.g. ('ID', 'OOD'); got {labels!r}."
+        )
+    return str(labels[0]), str(labels[1])
 
 
 def plot_ood_scores(
@@ -88,7 +121,8 @@ def plot_ood_scores(
         The axes hold two ``BarContainer`` s (``ax.containers``), ID first, one bar per bin each.
     """
     s_in, s_out = _scores(scores_in, "scores_in"), _scores(scores_out, "scores_out")
-    edges = np.histogram_bin_edges(np.concatenate((s_in, s_out)), bins=bins)
+    labels = _legend_names(labels)
+    edges = _bin_edges(np.concatenate((s_in, s_out)), bins)
     fig, ax = _axes(ax)
     style = dict(bins=edges, density=True, alpha=0.5, log=log_scale, histtype="bar", rwidth=1.0)
     ax.hist(s_in, color=ID_COLOR, label=f"{labels[0]} (n={s_in.size})", **style)
@@ -314,6 +348,9 @@ def plot_2D_features(
     """
     if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 2:
         raise ValueError(f"max_samples must be an int >= 2; got {max_samples!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be None or an int >= 0; got {seed!r}.")
+    _check_axes(ax)
     rng = np.random.default_rng(seed)
     x_in, y_in = _sample(in_dataset, int(max_samples), rng)
     features = [extract(model, x_in, feature_layers_id=[output_layer_id], batch_size=batch_size)]
@@ -324,6 +361,11 @@ def plot_2D_features(
     n_in = arrays[0].shape[0]
     if n_in + sum(array.shape[0] for array in arrays[1:]) < 4:
         raise ValueError("plot_2D_features needs at least 4 samples in all.")
+    if arrays[0].shape[1] < 2:
+        raise ValueError(
+            f"Layer {output_layer_id!r} has {arrays[0].shape[1]} feature per sample; a 2-D map needs at "
+            "least 2. Choose a wider layer as output_layer_id."
+        )
     projected = _project(np.concatenate(arrays).astype(np.float64), proj_method, seed, proj_kwargs)
     points_in, points_out = projected[:n_in], projected[n_in:]
 
