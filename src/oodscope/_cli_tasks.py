@@ -514,7 +514,7 @@ def run_train(args: Any) -> list[str]:
     suffix = out.suffix.lower()
     if suffix not in KERAS_SUFFIXES + TORCH_SUFFIXES:
         raise UsageError(
-            f"--out {out}: the file name says which framework trains the model: .keras (or .h5) for Keras, "
+            f"argument --out: {out}: the file name says which framework trains the model: .keras (or .h5) for Keras, "
             ".pt for torch."
         )
     framework = "keras" if suffix in KERAS_SUFFIXES else "torch"
