@@ -404,23 +404,6 @@ def test_detectors(ctx, call, error, pattern):
     _check(ctx, call, error, pattern)
 
 
-@pytest.mark.parametrize(
-    "detector",
-    [
-        pytest.param(
-            Mahalanobis(), marks=xfail("mahalanobis.py: scoring 0 samples raises numpy's AxisError")
-        ),
-        pytest.param(RMDS(), marks=xfail("rmds.py: scoring 0 samples raises numpy's AxisError")),
-        KNN(k=2),
-        ViM(dim=2),
-    ],
-    ids=repr,
-)
-def test_scoring_no_samples_gives_no_scores(ctx, detector):
-    scores = detector.fit(ctx.feats).score(ctx.empty).scores
-    assert scores.shape == (0,) and scores.dtype == np.float64
-
-
 # --- aggregators --------------------------------------------------------------------------------------------
 
 AGGREGATORS = _rows(

@@ -255,18 +255,27 @@ class Gram(_LayerwiseDetector):
         return dataclasses.replace(needs, reductions=dict.fromkeys(needs.layers, statistics))
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
-        classes = np.argmax(features.logits, axis=1)
+        classes = _predicted(features)
         self.lower_, self.upper_ = gram_bounds(h, classes, features.logits.shape[1], self.quantile)
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
-        return gram_deviation(h, np.argmax(features.logits, axis=1), self.lower_, self.upper_)
+        return gram_deviation(h, _predicted(features), self.lower_, self.upper_)
 
     def _fit_layer_scores(self, h: np.ndarray, features: Features) -> np.ndarray:
         if self.quantile > 0:  # interior bounds: in-sample deviations are informative
             return self._score_layer(h, features)
-        classes = np.argmax(features.logits, axis=1)
+        classes = _predicted(features)
         out = np.zeros(len(h))
         for c in np.unique(classes):
             rows = np.flatnonzero(classes == c)
             out[rows] = _leave_one_out_deviation(np.asarray(h[rows], dtype=np.float64))
         return out
+
+
+def _predicted(features: Features) -> np.ndarray:
+    """The predicted classes (argmax of the logits), with a clear error for logits of no class."""
+    if features.logits.shape[1] == 0:
+        raise ValueError(
+            "Gram needs logits of at least one class to pick each sample's bounds; got 0 classes."
+        )
+    return np.argmax(features.logits, axis=1)
