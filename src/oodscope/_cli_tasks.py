@@ -175,13 +175,12 @@ def parse_detector(text: Any) -> Detector:
     return detector
 
 
-def detector_type(text: str) -> Detector:
-    """The argparse ``type=`` of ``--detector`` / ``--detectors``: a detector that cannot be parsed, or
-    whose hyperparameters are invalid, exits with code 2 naming the flag."""
+def detector_argument(text: Any, flag: str) -> Detector:
+    """:func:`parse_detector` for a flag (or a key of the config file): a :class:`UsageError` names it."""
     try:
         return parse_detector(text)
     except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise UsageError(f"argument {flag}: {error}") from None
 
 
 def _build(node: ast.AST, text: str, known: dict[str, type[Detector]]) -> Detector:
@@ -514,8 +513,8 @@ def run_train(args: Any) -> list[str]:
     suffix = out.suffix.lower()
     if suffix not in KERAS_SUFFIXES + TORCH_SUFFIXES:
         raise UsageError(
-            f"argument --out: {out}: the file name says which framework trains the model: .keras (or .h5) for Keras, "
-            ".pt for torch."
+            f"argument --out: {out}: the file name says which framework trains the model: .keras (or .h5) "
+            "for Keras, .pt for torch."
         )
     framework = "keras" if suffix in KERAS_SUFFIXES else "torch"
     epochs = check_value("--epochs", args.epochs, EPOCHS)
@@ -578,7 +577,7 @@ def _accuracy(model: Any, data: LoadedData, scale: float, batch_size: int) -> fl
 
 def run_fit(args: Any) -> list[str]:
     """``oodscope fit``: fit one detector on a model and data, optionally calibrate it, save it."""
-    detector = parse_detector(args.detector)
+    detector = detector_argument(args.detector, "--detector")
     batch_size = check_value("--batch-size", args.batch_size, BATCH_SIZE)
     scale = check_value("--scale", args.scale, SCALE)
     if args.tpr is not None and not args.calibrate:
@@ -642,7 +641,7 @@ def run_bench(config: dict[str, Any]) -> tuple[Any, list[str]]:
     detector_specs = config["detectors"]
     if isinstance(detector_specs, str) or not isinstance(detector_specs, list):
         raise UsageError('\'detectors\' must be a list, e.g. ["GEN()", "KNN(k=50)"].')
-    detectors = [parse_detector(d) if isinstance(d, str) else d for d in detector_specs]
+    detectors = [detector_argument(d, "--detectors") for d in detector_specs]
     specs = {"fit": parse_data_spec(config["fit"], "--fit") if config.get("fit") else None}
     specs["id"] = parse_data_spec(config["id"], "--id")
     model_path = check_model_path(config["model"])

@@ -129,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
         TPR,
         NamedSpecsAction,
         data_spec_type,
-        detector_type,
     )
     from ._params import argument_type
     from .training._common import MODEL_NAMES
@@ -226,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         + DETECTOR_HELP,
     )
     fit.add_argument("--model", required=True, help="saved model (.keras / .h5 or .pt)")
-    fit.add_argument("--detector", required=True, type=detector_type, help="e.g. 'KNN(k=10)'")
+    fit.add_argument("--detector", required=True, help="e.g. 'KNN(k=10)'")
     spec_option(fit, "--data", help="ID data to fit on, e.g. mnist:train:0-4 (not needed by GEN, MSP, ...)")
     spec_option(fit, "--calibrate", help="held-out ID data for the threshold, e.g. mnist:test:0-4")
     fit.add_argument("--tpr", type=tpr, help="share of the --calibrate data kept as ID (default: 0.95)")
@@ -255,9 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=SPEC",
         help="OOD sets, e.g. fashion=fashion_mnist:test",
     )
-    bench.add_argument(
-        "--detectors", nargs="+", type=detector_type, metavar="DETECTOR", help="e.g. 'GEN()' 'KNN(k=10)'"
-    )
+    bench.add_argument("--detectors", nargs="+", metavar="DETECTOR", help="e.g. 'GEN()' 'KNN(k=10)'")
     bench.add_argument("--out", help="output folder (default: oodscope_report)")
     bench.add_argument(
         "--save-detectors", metavar="DIR", help="save each fitted detector to DIR as .oodscope"
