@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from scipy.linalg import pinvh
@@ -44,18 +42,7 @@ def labelled(n: int, seed: int, dim: int = DIM, dead: int = 0) -> Features:
 FIT, TEST = labelled(400, 1), labelled(60, 2)
 
 
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BACKENDS = ["numpy"] + (["faiss"] if faiss_available() else [])
-
-
-# --- KNN ----------------------------------------------------------------------------------------------------
+# --- KNN (its searches, the IVF index and saving: tests/test_knn.py) ----------------------------------------
 
 
 def sklearn_kth_distance(fit: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
@@ -68,16 +55,15 @@ def sklearn_kth_distance(fit: np.ndarray, test: np.ndarray, k: int) -> np.ndarra
     return distances[:, -1]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 2, 7, 50])
-def test_knn_matches_sklearn_nearest_neighbors(backend, k):
-    det = KNN(k=k, backend=backend).fit(FIT)
+def test_knn_matches_sklearn_nearest_neighbors(k):
+    det = KNN(k=k).fit(FIT)
     expected = sklearn_kth_distance(FIT.layer("penultimate"), TEST.layer("penultimate"), k)
     np.testing.assert_allclose(det.score(TEST).scores, expected, rtol=1e-12, atol=1e-12)
 
 
 def large_search_problem(seed: int = 0):
-    """Enough references (and clusters with near-duplicates) for the numpy backend's strip selection."""
+    """Enough references (and clusters with near-duplicates) for the exact search's strip selection."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(30, 16))
     refs = centres[rng.integers(0, 30, 9_000)] + 0.05 * rng.normal(size=(9_000, 16))
@@ -88,29 +74,14 @@ def large_search_problem(seed: int = 0):
 
 @pytest.mark.parametrize("tile_bytes", [1 << 20, 1 << 23, 1 << 25])  # many small tiles, a few, one
 @pytest.mark.parametrize("k", [1, 3, 50, 120])
-def test_knn_numpy_backend_is_exact_on_large_reference_sets(k, tile_bytes, monkeypatch):
+def test_knn_exact_search_is_exact_on_large_reference_sets(k, tile_bytes, monkeypatch):
     monkeypatch.setattr("oodscope.neighbors.SIMILARITY_BLOCK_BYTES", tile_bytes)
     refs, queries = large_search_problem()
-    got = kth_neighbor_distance(queries, refs, k, backend="numpy", normalize_queries=True)
+    got = kth_neighbor_distance(queries, refs, k, normalize_queries=True)
     unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     squared = ((unit[:, None, :] - refs[None].astype(np.float64)) ** 2).sum(axis=2)
     expected = np.sqrt(np.partition(squared, k - 1, axis=1)[:, k - 1])
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
-@pytest.mark.parametrize("k", [1, 5, 50])
-def test_knn_backends_give_identical_scores(k):
-    refs, queries = large_search_problem(1)
-    numpy_scores = kth_neighbor_distance(queries, refs, k, backend="numpy", normalize_queries=True)
-    faiss_scores = kth_neighbor_distance(queries, refs, k, backend="faiss", normalize_queries=True)
-    np.testing.assert_array_equal(numpy_scores, faiss_scores)
-    fit = Features(layers={"penultimate": refs})
-    test = Features(layers={"penultimate": queries})
-    np.testing.assert_array_equal(
-        KNN(k=k, backend="numpy").fit(fit).score(test).scores,
-        KNN(k=k, backend="faiss").fit(fit).score(test).scores,
-    )
 
 
 def test_knn_keeps_one_normalised_float32_copy_of_the_fit_features():
@@ -121,22 +92,12 @@ def test_knn_keeps_one_normalised_float32_copy_of_the_fit_features():
     assert sum(a.nbytes for a in arrays) == det.fit_vectors_.nbytes
 
 
-def test_knn_faiss_backend_without_faiss_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
-    with pytest.raises(ImportError, match=r"pip install 'oodscope\[faiss\]'"):
-        KNN(backend="faiss").fit(FIT)
-    auto = KNN(k=5).fit(FIT)  # "auto" falls back to numpy
-    np.testing.assert_allclose(
-        auto.score(TEST).scores, sklearn_kth_distance(FIT.layer("penultimate"), TEST.layer("penultimate"), 5)
-    )
-
-
 def test_knn_alias_and_errors():
     assert DKNN is KNN
     with pytest.raises(ValueError, match="needs at least k fit samples"):
         KNN(k=500).fit(FIT)
     zero = Features(layers={"penultimate": np.zeros((3, DIM))})
-    scores = KNN(k=1, backend="numpy").fit(FIT).score(zero).scores  # zero rows stay zero, no NaN
+    scores = KNN(k=1).fit(FIT).score(zero).scores  # zero rows stay zero, no NaN
     np.testing.assert_allclose(scores, 1.0)
 
 

@@ -310,7 +310,8 @@ def test_provenance_says_what_produced_the_report(report, page):
     for name, entry in prov["detectors"].items():  # every parameter, defaults too, in the HTML
         shown = f"{entry['class']}({params_text(entry['params'])})"
         assert html.escape(shown) in page, name
-    assert "KNN(k=5, backend=&#x27;auto&#x27;, layers=None, aggregator=None)" in page
+    knn_params = "k=5, index=&#x27;exact&#x27;, n_lists=None, n_probe=None, layers=None, aggregator=None"
+    assert f"KNN({knn_params})" in page
     data = [[text for _, text in row] for row in html_table(page, "provenance", index=0)]
     assert data[3] == ["noise", "ood", "far", "160", "Features (logits, penultimate)", "0.000"]
     first_line = report.to_markdown().splitlines()[0]
