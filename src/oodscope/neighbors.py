@@ -27,6 +27,7 @@ __all__ = [
     "ivf_kth_neighbor_distance",
     "kth_neighbor_distance",
     "l2_normalize",
+    "load_ivf_index",
 ]
 
 #: bytes of one float32 similarity tile of the exact search
