@@ -204,7 +204,6 @@ FEATURES = _rows(
         lambda c: Features(logits=[[1.0, 2.0], [3.0]]),
         ValueError,
         "Features.logits",
-        xfail("features.py: numpy's 'inhomogeneous shape' error, which does not name the field"),
     ),
 )
 
@@ -378,9 +377,6 @@ DETECTORS = _rows(
         _fit_failed_then_score,
         NotFittedError,
         "not fitted",
-        xfail(
-            "base.py/_LayerwiseDetector: a fit that raised leaves layers_ set; score raises AttributeError"
-        ),
     ),
     (
         "rmds-one-class",
@@ -780,7 +776,6 @@ PIPELINE = _rows(
         lambda c: tune(GEN(), [], c.feats, c.id, c.ood),
         ValueError,
         "param_grid",
-        xfail("tune.py: an empty list of grids raises StopIteration from inside tune"),
     ),
     ("calibrate-tpr-0", lambda c: GEN().calibrate(c.id, tpr=0), ValueError, r"tpr must be in \(0, 1\]"),
     ("calibrate-tpr-percent", lambda c: GEN().calibrate(c.id, tpr=95), ValueError, "use 0.95 for 95%"),

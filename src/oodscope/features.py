@@ -245,7 +245,13 @@ class Features:
 
 
 def _float_array(values: Any, field: str) -> np.ndarray:
-    array = to_numpy(values)
+    try:
+        array = to_numpy(values)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(
+            f"Features.{field} must be a rectangular array; numpy could not make one ({error}). Give every "
+            "row the same length."
+        ) from None
     if array.dtype.kind in "iub":
         return array.astype(np.float64)
     if array.dtype.kind == "f" and array.dtype.itemsize < 4 or array.dtype.name == "bfloat16":

@@ -56,6 +56,11 @@ def parameter_candidates(
         candidates += [
             dict(zip(names, combination, strict=True)) for combination in itertools.product(*values)
         ]
+    if not candidates:
+        raise ValueError(
+            "param_grid holds no grid: give a dict of candidate lists, e.g. {'gamma': [0.1, 0.5]}, or a "
+            "non-empty list of such dicts."
+        )
     return candidates
 
 

@@ -261,7 +261,11 @@ class Detector(LearnedState):
                 "data, so give it at least one sample (in practice thousands)."
             )
         self._reset()
-        self._fit(features)
+        try:
+            self._fit(features)
+        except BaseException:
+            self._reset()  # a failed fit leaves the detector unfitted, not half-fitted
+            raise
         self.n_samples_fit_ = len(features)
         self.fit_widths_ = features.widths()
         return self
