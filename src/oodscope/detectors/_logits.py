@@ -16,10 +16,11 @@ def as_logits(logits: Any) -> np.ndarray:
         raise ValueError(
             f"logits must be 2-D [n_samples, n_classes] with at least one class; got shape {array.shape}."
         )
-    array = array.astype(np.float64, copy=False)
-    if not np.isfinite(array).all():
+    # min and max propagate NaN and reach ±inf: two reductions without a temporary, on the input's own
+    # precision (half the bytes of float64 for a model's float32 logits), before the one conversion
+    if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
         raise ValueError("logits hold NaN or inf; check the model's outputs and the input preprocessing.")
-    return array
+    return array.astype(np.float64, copy=False)
 
 
 def _max_and_log1p_rest(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,17 +59,33 @@ def log_one_minus_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def log_softmax_pair(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(log_softmax(z), log_one_minus_softmax(z))``, sharing their work."""
+    """``(log_softmax(z), log_one_minus_softmax(z))``, sharing their work; two new arrays the caller may
+    overwrite.
+
+    With m the row max (at column t) and r = Σ_{j≠t} exp(z_j − m): log p_j = z_j − m − log1p(r); for j ≠ t,
+    p_j = exp(z_j − m) / (1 + r) ≤ 1/2, so log1p(−p_j) is accurate; for the top class, log(1 − p_t) =
+    log(r) − log1p(r) exactly, with log(r) recomputed around the second largest logit in rows where r
+    underflows (a gap of more than ~708 between the two largest logits).
+    """
     n, c = z.shape
-    m, rest = _max_and_log1p_rest(z)
-    lse = np.where(np.isfinite(m), m + rest, m)
-    log_p = (z - m[:, None]) - rest[:, None]
-    with np.errstate(divide="ignore"):
-        out = np.log1p(-np.exp(log_p))
-    # Only the largest class can hold p > 1/2, where log1p(-p) loses precision: recompute it exactly.
-    top = np.argmax(z, axis=1)
     rows = np.arange(n)
-    others = z.copy()
-    others[rows, top] = -np.inf
-    out[rows, top] = logsumexp(others) - lse if c > 1 else -np.inf
-    return log_p, out
+    top = np.argmax(z, axis=1)
+    m = z[rows, top]
+    log_p = z - m[:, None]
+    probability = np.exp(log_p)  # exp(z_j − m), 1 at the top until zeroed
+    probability[rows, top] = 0.0
+    rest = probability.sum(axis=1)
+    log_norm = np.log1p(rest)
+    log_p -= log_norm[:, None]
+    probability /= -(1.0 + rest)[:, None]  # −p_j for the other classes
+    log_1mp = np.log1p(probability, out=probability)
+    with np.errstate(divide="ignore"):  # r = 0 for a single class: log(1 − p) = −inf
+        log_rest = np.log(rest)
+    if c > 1:
+        lost = np.flatnonzero(rest < np.finfo(np.float64).tiny)
+        if lost.size:
+            shifted = z[lost] - m[lost, None]
+            shifted[np.arange(lost.size), top[lost]] = -np.inf
+            log_rest[lost] = logsumexp(shifted)
+    log_1mp[rows, top] = log_rest - log_norm
+    return log_p, log_1mp

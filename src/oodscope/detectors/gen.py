@@ -27,11 +27,13 @@ def gen_score(logits: Any, gamma: float = 0.1, k: int = 100) -> np.ndarray:
     validate_params("gen_score", {"gamma": gamma, "k": k}, _CONSTRAINTS)
     z = as_logits(logits)
     log_p, log_1mp = log_softmax_pair(z)
-    log_terms = gamma * (log_p + log_1mp)
-    if k < z.shape[1]:
+    if k < z.shape[1]:  # the k largest probabilities are those of the k largest logits
         top_k = np.argpartition(-z, k - 1, axis=1)[:, :k]
-        log_terms = np.take_along_axis(log_terms, top_k, axis=1)
-    return np.exp(log_terms).sum(axis=1)
+        log_p = np.take_along_axis(log_p, top_k, axis=1)
+        log_1mp = np.take_along_axis(log_1mp, top_k, axis=1)
+    terms = np.add(log_p, log_1mp, out=log_p)  # both are fresh arrays: work in place
+    terms *= gamma
+    return np.exp(terms, out=terms).sum(axis=1)
 
 
 class GEN(Detector):
