@@ -180,7 +180,7 @@ def evaluate(
     given = {"fit": fit_data, "id": id_data, **oods}
     scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in detectors_}
     sizes: dict[str, int | None] = {"fit": None}
-    id_features = None
+    id_accuracy = None
     # Each dataset is scored right after its passes, and its activations are then dropped (unless the same
     # data comes again), so that memory holds one dataset's activations at a time. (Scoring on a worker
     # thread during the next pass was measured slower on 2 cores: the framework's own thread pool then
@@ -196,8 +196,8 @@ def evaluate(
         sizes[key] = len(next(iter(views.values())))
         with sharing():  # within a dataset, shaping detectors share their work
             for name in names:
-                if name == _LOGITS:
-                    id_features = views[name]
+                if name == _LOGITS:  # read now: the ID set's arrays are released before the OOD sets run
+                    id_accuracy = _accuracy(views[name])
                 elif key == "fit":
                     session.fit(name, views[name])
                 elif name not in session.failed:
@@ -216,7 +216,7 @@ def evaluate(
         metrics=metrics,
         ood_names=list(oods),
         groups=groups,
-        id_accuracy=_accuracy(id_features),
+        id_accuracy=id_accuracy,
         n_samples=sizes,
         id_scores={name: by_set["id"] for name, by_set in scores.items() if "id" in by_set},
         ood_scores={
