@@ -86,3 +86,14 @@ def test_bench_feature_detectors_runs():
 def test_bench_metrics_checks_against_scikit_learn():
     out = run("bench_metrics.py")
     assert "auroc matches sklearn roc_auc_score" in out, out
+
+
+@pytest.mark.slow
+def test_bench_covariance_prints_the_ratios():
+    out = run("bench_covariance.py", "--n", "400", "--dim", "24", "--classes", "3", "--repeats", "1")
+    for name in ("Mahalanobis", "RMDS", "ViM"):
+        (row,) = [line for line in out.splitlines() if line.startswith(name + " ")]
+        assert len(re.findall(r"\d+\.\d+", row)) == (4 if name == "ViM" else 3), row  # finite numbers only
+    assert re.search(
+        r"separately \d+\.\d+ s, inside shared_statistics\(\) \d+\.\d+ s, ratio \d+\.\d+", out
+    ), out

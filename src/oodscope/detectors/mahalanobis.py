@@ -8,58 +8,16 @@ from typing import Any
 import numpy as np
 
 from ..features import Features
-from ._layerwise import Aggregator, _LayerwiseDetector, iter_row_blocks, map_row_blocks
+from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
+from ._statistics import class_statistics, whitening
 
 __all__ = ["Mahalanobis", "class_statistics", "mahalanobis_distances", "whitening"]
-
-
-def class_statistics(features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Classes, class sizes, class means and the tied (within-class) covariance, in float64.
-
-    ``covariance = (1 / N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`` (the maximum-likelihood estimate, as
-    scikit-learn's ``EmpiricalCovariance`` on the class-centred features). Two passes over blocks of rows
-    (means, then centred products), so memory stays at one block whatever N.
-
-    Returns
-    -------
-    classes : ndarray [K]
-        The sorted distinct labels.
-    counts : ndarray [K]
-    means : ndarray [K, D]
-    covariance : ndarray [D, D]
-    """
-    h = np.asarray(features)
-    classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
-    inverse = inverse.reshape(-1)
-    n_classes, dim = classes.size, h.shape[1]
-    counts = np.bincount(inverse, minlength=n_classes)
-    sums = np.zeros((n_classes, dim))
-    for rows in iter_row_blocks(len(h), dim):
-        one_hot = np.zeros((rows.stop - rows.start, n_classes))
-        one_hot[np.arange(one_hot.shape[0]), inverse[rows]] = 1.0
-        sums += one_hot.T @ h[rows].astype(np.float64)
-    means = sums / counts[:, None]
-    scatter = np.zeros((dim, dim))
-    for rows in iter_row_blocks(len(h), dim):
-        centred = h[rows].astype(np.float64) - means[inverse[rows]]
-        scatter += centred.T @ centred
-    return classes, counts, means, scatter / len(h)
-
-
-def whitening(covariance: Any) -> np.ndarray:
-    """A factor L [D, r] with L Lᵀ = pinv(covariance): the eigenvectors over the square roots of the
-    eigenvalues above ``D · eps · λ_max`` (the cut-off of ``scipy.linalg.pinvh``); directions without
-    variance in the fit data are ignored, so a singular covariance (dead units) is no problem."""
-    eigenvalues, eigenvectors = np.linalg.eigh(np.asarray(covariance, dtype=np.float64))
-    largest = max(float(eigenvalues[-1]), 0.0) if eigenvalues.size else 0.0
-    keep = eigenvalues > largest * eigenvalues.size * np.finfo(np.float64).eps
-    return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
 
 
 def mahalanobis_distances(features: Any, means: Any, whitener: Any) -> np.ndarray:
     """Squared Mahalanobis distances [N, K] of features [N, D] to each of the means [K, D].
 
-    ``d_k(h) = (h − μ_k)ᵀ P (h − μ_k)`` with ``P = L Lᵀ`` given by the whitening factor L [D, r]: the
+    ``d_k(h) = (h − μ_k)ᵀ P (h − μ_k)`` with ``P = W Wᵀ`` given by the whitening factor W [D, r]: the
     features are whitened once (one [b, D] x [D, r] product per block) and compared with the K whitened
     means, so the cost does not grow with K (no per-class product) and memory is one block.
     """
@@ -87,12 +45,17 @@ class Mahalanobis(_LayerwiseDetector):
     classes (the class-centred features' maximum-likelihood covariance). The score is the **squared**
     distance to the nearest class mean (the paper's confidence is its negative), higher = more OOD:
 
-        S(x) = min_k (h(x) − μ_k)ᵀ Σ⁺ (h(x) − μ_k).
+        S(x) = min_k (h(x) − μ_k)ᵀ Σ⁻¹ (h(x) − μ_k).
 
-    Σ⁺ is the pseudo-inverse (eigenvalues below ``D · eps · λ_max`` dropped, like ``scipy.linalg.pinvh`` in
-    scikit-learn's ``EmpiricalCovariance``), robust to the singular covariances of dead units. The paper's
-    input preprocessing (a gradient step of size ε on the input) and its feature ensemble are not applied:
-    this is the plain distance on the given features; several layers combine through ``aggregator``.
+    Σ⁻¹ is applied through a whitening W with W Wᵀ = Σ⁻¹ (:func:`whitening`): the inverse of Σ's Cholesky
+    factor when Σ is well conditioned (Σ = UᵀU with every pivot U_ii² above 10³ · D · eps · max_i Σ_ii),
+    else the pseudo-inverse Σ⁺ (eigenvalues below ``D · eps · λ_max`` dropped, like ``scipy.linalg.pinvh``
+    in scikit-learn's ``EmpiricalCovariance``), so singular covariances, e.g. of dead units, still work.
+    The fit costs little more than one float64 product of the centred fit features with themselves
+    (:func:`class_statistics`); inside :func:`~oodscope.detectors._statistics.shared_statistics` RMDS and
+    ViM reuse its statistics. The paper's input preprocessing (a gradient step of size ε on the input) and
+    its feature ensemble are not applied: this is the plain distance on the given features; several layers
+    combine through ``aggregator``.
 
     Parameters
     ----------
@@ -109,8 +72,9 @@ class Mahalanobis(_LayerwiseDetector):
     class_means_ : ndarray [K, D]
     covariance_ : ndarray [D, D]
         The tied covariance Σ.
-    whitening_ : ndarray [D, r]
-        L with L Lᵀ = Σ⁺.
+    whitening_ : ndarray [D, D] or [D, r]
+        W with W Wᵀ = Σ⁻¹, Fortran-ordered: upper triangular [D, D] (the inverse Cholesky factor), or
+        [D, r] with r = rank(Σ) when Σ is singular (W Wᵀ = Σ⁺).
     layers_ : list
         The layer ids used (with several: ``layer_detectors_`` and ``aggregator_``).
 
@@ -134,7 +98,9 @@ class Mahalanobis(_LayerwiseDetector):
         self.aggregator = aggregator
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
-        self.classes_, _, self.class_means_, self.covariance_ = class_statistics(h, features.labels)
+        statistics = class_statistics(h, features.labels)
+        self.classes_, self.class_means_ = statistics.classes, statistics.means
+        self.covariance_ = statistics.covariance
         self.whitening_ = whitening(self.covariance_)
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:

@@ -9,8 +9,9 @@ import numpy as np
 
 from .._params import AnyOf, Interval, Options
 from ..features import Features
-from ._layerwise import iter_row_blocks, map_row_blocks
+from ._layerwise import map_row_blocks
 from ._logits import as_logits, logsumexp
+from ._statistics import SCATTER_BLOCK_BYTES, class_statistics, rank_update, shared
 from .base import Detector
 
 __all__ = ["ViM", "vim_principal_dim", "vim_score"]
@@ -44,6 +45,30 @@ def vim_principal_dim(n_features: int, eigenvalues: Any = None, dim: int | float
     return chosen
 
 
+def _spectrum(
+    features: np.ndarray, labels: Any, head_weight: np.ndarray, head_bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The origin u = −W⁺b and the eigendecomposition (ascending) of the features' second moment about it.
+
+    ``(1/N) Σ_i (h_i − u)(h_i − u)ᵀ = Σ + Σ_k (n_k / N)(μ_k − u)(μ_k − u)ᵀ`` with the class statistics
+    (:func:`~oodscope.detectors._statistics.class_statistics`; one class when ``labels`` is None): a sum of
+    positive semi-definite terms, exact without a pass of its own, and shared with Mahalanobis and RMDS
+    inside :func:`~oodscope.detectors._statistics.shared_statistics`. scipy's LAPACK throughout, like the
+    statistics: switching to numpy's (another OpenBLAS, whose threads keep spinning a while after each
+    call) slows the next products down.
+    """
+    from scipy.linalg import eigh, pinv
+
+    weight = np.asarray(head_weight, dtype=np.float64)
+    # numpy.linalg.pinv's cut-off: singular values below 1e-15 of the largest are dropped
+    origin = -pinv(weight, atol=0.0, rtol=1e-15) @ np.asarray(head_bias, dtype=np.float64)
+    statistics = class_statistics(features, labels)
+    weights = statistics.counts / statistics.counts.sum()
+    moment = rank_update(statistics.covariance, (statistics.means - origin).T * np.sqrt(weights))
+    eigenvalues, eigenvectors = eigh(moment, driver="evd", check_finite=False)
+    return origin, eigenvalues, eigenvectors
+
+
 def vim_score(features: Any, logits: Any, origin: Any, null_space: Any, alpha: float) -> np.ndarray:
     """ViM score, higher = more OOD: ``α ‖(h − u) R‖ − logsumexp(z)``, float64 [N].
 
@@ -62,6 +87,45 @@ def vim_score(features: Any, logits: Any, origin: Any, null_space: Any, alpha: f
     return alpha * residual - logsumexp(as_logits(logits))
 
 
+def _residual_norms(
+    features: np.ndarray, origin: np.ndarray, eigenvectors: np.ndarray, dim: int
+) -> np.ndarray:
+    """‖(h − u) R‖ per row, from whichever of the two bases is smaller (the principal P [D, d] or the null
+    space R [D, D − d], the columns of ``eigenvectors`` in ascending order).
+
+    Through P it is ``sqrt(‖h − u‖² − ‖(h − u) P‖²)``, which loses about log10(‖h − u‖² / residual²) digits
+    to cancellation; rows where that would exceed 4 digits are projected explicitly instead,
+    ``‖(h − u) − (h − u) P Pᵀ‖``. The products are scipy's, like the eigendecomposition before them.
+    """
+    from scipy.linalg import blas
+
+    n_features = eigenvectors.shape[0]
+    low = dim >= n_features - dim
+    basis = np.asfortranarray(
+        eigenvectors[:, : n_features - dim] if low else eigenvectors[:, n_features - dim :]
+    )
+
+    n = features.shape[0]
+    rows = max(1, min(n, SCATTER_BLOCK_BYTES // (8 * n_features)))
+    buffer = np.empty((rows, n_features))
+    norms = np.empty(n)
+    for start in range(0, n, rows):  # fit rows only: no need for map_row_blocks' fixed-shape blocks
+        stop = min(start + rows, n)
+        centred = np.subtract(features[start:stop], origin, out=buffer[: stop - start])
+        # (centred @ basis)ᵀ = basisᵀ centredᵀ: Fortran-ordered operands, so BLAS reads them without a copy
+        projected = blas.dgemm(1.0, basis, centred.T, trans_a=1).T
+        squared = np.einsum("ij,ij->i", projected, projected)
+        if not low:
+            total = np.einsum("ij,ij->i", centred, centred)
+            squared = total - squared
+            close = squared < 1e-4 * total
+            if close.any():
+                explicit = centred - blas.dgemm(1.0, basis, projected.T).T
+                squared[close] = np.einsum("ij,ij->i", explicit[close], explicit[close])
+        norms[start:stop] = np.sqrt(np.maximum(squared, 0.0))
+    return norms
+
+
 class ViM(Detector):
     """Virtual-logit matching: the norm of the features' residual off the principal subspace, as a logit.
 
@@ -77,7 +141,13 @@ class ViM(Detector):
 
         S(x) = α ‖(h(x) − u) R‖ − log Σ_c exp z_c(x).
 
-    Features (penultimate) and logits come from the same pass; nothing else is run.
+    Features (penultimate) and logits come from the same pass; nothing else is run. The second moment is
+    not a pass of its own: it is the tied covariance plus a rank-K term from the class means (one class when
+    the fit data have no labels), whose statistics cost about one float64 product of the centred features
+    with themselves and are those of Mahalanobis and RMDS inside
+    :func:`~oodscope.detectors._statistics.shared_statistics`. Then an eigendecomposition of the [D, D]
+    moment (the principal subspace), and one product of the fit features with the smaller of the principal
+    and residual bases for α.
 
     Parameters
     ----------
@@ -123,27 +193,22 @@ class ViM(Detector):
 
     def _fit(self, features: Features) -> None:
         h = features.layer(PENULTIMATE)
-        n, n_features = h.shape
-        weight = features.head_weight.astype(np.float64)
-        origin = -np.linalg.pinv(weight) @ features.head_bias.astype(np.float64)
-        moment = np.zeros((n_features, n_features))
-        for rows in iter_row_blocks(n, n_features):
-            centred = h[rows].astype(np.float64) - origin
-            moment += centred.T @ centred
-        eigenvalues, eigenvectors = np.linalg.eigh(moment / n)  # ascending
+        n_features = h.shape[1]
+        inputs = (h, features.labels, features.head_weight, features.head_bias)
+        origin, eigenvalues, eigenvectors = shared("vim_spectrum", inputs, lambda: _spectrum(*inputs))
         dim = vim_principal_dim(n_features, eigenvalues, self.dim)
         self.origin_ = origin
         self.dim_ = dim
         self.null_space_ = np.ascontiguousarray(eigenvectors[:, : n_features - dim])
-        residual = map_row_blocks(
-            h, lambda block: np.linalg.norm((block - origin) @ self.null_space_, axis=1)
-        )
+        residual = _residual_norms(h, origin, eigenvectors, dim)
         if residual.mean() == 0:
             raise ValueError(
                 f"ViM: the fit features have no component outside the {dim}-dimensional principal subspace; "
                 "use a smaller dim."
             )
-        self.alpha_ = float(as_logits(features.logits).max(axis=1).mean() / residual.mean())
+        # the max in the logits' own precision (exact), then float64: no float64 copy of all the logits
+        top = np.asarray(features.logits).max(axis=1).astype(np.float64)
+        self.alpha_ = float(top.mean() / residual.mean())
         if self.alpha_ <= 0:
             warnings.warn(
                 f"ViM's alpha is {self.alpha_:.4g} <= 0 (the mean max-logit of the fit data is not "
