@@ -276,3 +276,15 @@ def test_rmds_background_whitening_matches_scikit_learn(dim, n_classes):
     expected = np.einsum("nkd,de,nke->nk", diff, precision, diff).min(axis=1) - background.mahalanobis(test)
     scores = det.score(Features(layers={"penultimate": test})).scores
     np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_evaluate_and_tune_compute_the_statistics_once(calls):
+    from oodscope.bench import evaluate, tune
+
+    fit, test, ood = features(0), features(1), features(2)
+    detectors = [Mahalanobis(), RMDS(), ViM(), ViM(dim=3)]
+    report = evaluate(None, fit, test, {"ood": ood}, detectors=detectors, errors="raise")
+    assert calls["scatter"] == 1 and len(report.rows) == len(detectors)
+    calls.update(scatter=0, whitening=0)
+    tune(ViM(), {"dim": [2, 3, 4]}, fit, test, ood)
+    assert calls["scatter"] == 1

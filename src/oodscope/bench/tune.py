@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._table import markdown_table
+from ..detectors._statistics import shared_statistics
 from ..detectors.base import Detector, clone
 from ..metrics import bench_metrics
 from ..shaping import sharing
@@ -212,7 +213,9 @@ def tune(
     best: tuple[float, int, Detector] | None = None
     sign = 1.0 if direction else -1.0
     bar = progress_bar(list(session.detectors), progress, desc="tune", unit="candidate", leave=False)
-    with sharing():  # candidates share shaping work (e.g. the clip value of ReActs around several detectors)
+    # candidates share shaping work (the clip value of ReActs around several detectors) and statistics (the
+    # covariance of Mahalanobis, RMDS and ViM candidates)
+    with sharing(), shared_statistics():
         for name in bar:
             index, params = int(name), candidates[int(name)]
             candidate = session.detectors[name]
