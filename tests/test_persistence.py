@@ -232,3 +232,12 @@ def test_every_kind_of_fitted_state_round_trips_bit_identically(detector, tmp_pa
     np.testing.assert_array_equal(loaded.score(ood).scores, detector.score(ood).scores)
     np.testing.assert_array_equal(loaded.pvalues(ood), detector.pvalues(ood))
     assert loaded.threshold_ == detector.threshold_
+
+
+def test_an_array_that_would_broadcast_silently_is_refused_at_load(tmp_path):
+    from oodscope import ViM
+
+    path = ViM(dim=8).fit(TOY["fit"]).save(tmp_path / "vim.oodscope")
+    tampered = _replace_array(path, tmp_path / "tampered.oodscope", "origin_", np.zeros(1))
+    with pytest.raises(DetectorFileError, match=r"ViM\.origin_ has shape \(1,\).*axis 'D'"):
+        load(tampered)

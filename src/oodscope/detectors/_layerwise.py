@@ -42,6 +42,18 @@ class Aggregator(LearnedState):
     """
 
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
+    _state_shapes: ClassVar[dict[str, tuple[str | int, ...]]] = {
+        "n_layers_": (),
+        "mean_": ("L",),
+        "std_": ("L",),
+        "sorted_scores_": ("N", "L"),
+        "scale_": (),
+        "dof_": (),
+    }
+
+    def _known_sizes(self) -> dict[str, int]:
+        layers = getattr(self, "n_layers_", None)
+        return {} if layers is None else {"L": int(layers)}
 
     def fit(self, layer_scores: Any) -> Aggregator:
         """Learn the per-layer normalisation from fit-data scores [N, L]; returns ``self``."""
@@ -396,6 +408,8 @@ def map_row_blocks(x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.
     different shapes). Working memory: one block.
     """
     n, width = x.shape
+    if n == 0:  # the shape of a result row comes from fn itself
+        return np.asarray(fn(np.zeros((1, width)))[:0], dtype=np.float64)
     rows = block_rows(width)
     block = np.zeros((rows, width), dtype=np.float64)
     parts = []

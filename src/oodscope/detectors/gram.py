@@ -218,6 +218,7 @@ class Gram(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "logits"})
+    _state_shapes = {"lower_": ("C", "S"), "upper_": ("C", "S")}
     default_layers = (-2,)
     #: with orders=None the model-level path extracts the same Features as the Features-level tests use
     _features_only_params = {"orders": None}

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
-from ._statistics import class_statistics, whitening
+from ._statistics import class_statistics, shared, whitening
 
-__all__ = ["Mahalanobis", "class_statistics", "mahalanobis_distances", "whitening"]
+__all__ = ["Mahalanobis", "nearest_class_distance", "class_statistics", "mahalanobis_distances", "whitening"]
 
 
 def mahalanobis_distances(features: Any, means: Any, whitener: Any) -> np.ndarray:
@@ -33,6 +33,18 @@ def mahalanobis_distances(features: Any, means: Any, whitener: Any) -> np.ndarra
         return np.maximum(squared, 0.0)
 
     return map_row_blocks(np.asarray(features), distances)
+
+
+def nearest_class_distance(features: Any, means: Any, whitener: Any) -> np.ndarray:
+    """The squared Mahalanobis distance [N] of each row to its nearest mean (see
+    :func:`mahalanobis_distances`). Inside :func:`~oodscope.detectors._statistics.shared_statistics` it is
+    computed once per (features, means, whitener) objects: Mahalanobis and RMDS fitted on the same data share
+    those, so RMDS's class part costs nothing more in ``evaluate``."""
+    return shared(
+        "nearest_class_distance",
+        (features, means, whitener),
+        lambda: mahalanobis_distances(features, means, whitener).min(axis=1),
+    )
 
 
 class Mahalanobis(_LayerwiseDetector):
@@ -90,6 +102,12 @@ class Mahalanobis(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "labels"})
+    _state_shapes = {
+        "classes_": ("K",),
+        "class_means_": ("K", "D"),
+        "covariance_": ("D", "D"),
+        "whitening_": ("D", "r"),
+    }
 
     def __init__(
         self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None
@@ -104,4 +122,4 @@ class Mahalanobis(_LayerwiseDetector):
         self.whitening_ = whitening(self.covariance_)
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
-        return mahalanobis_distances(h, self.class_means_, self.whitening_).min(axis=1)
+        return nearest_class_distance(h, self.class_means_, self.whitening_).copy()

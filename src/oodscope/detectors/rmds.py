@@ -9,7 +9,7 @@ import numpy as np
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector
 from ._statistics import class_statistics, rank_update, whitening, whitening_update
-from .mahalanobis import mahalanobis_distances
+from .mahalanobis import mahalanobis_distances, nearest_class_distance
 
 __all__ = ["RMDS"]
 
@@ -75,6 +75,15 @@ class RMDS(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "labels"})
+    _state_shapes = {
+        "classes_": ("K",),
+        "class_means_": ("K", "D"),
+        "covariance_": ("D", "D"),
+        "whitening_": ("D", "r"),
+        "background_mean_": ("D",),
+        "background_covariance_": ("D", "D"),
+        "background_whitening_": ("D", "r0"),
+    }
 
     def __init__(
         self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None
@@ -84,6 +93,12 @@ class RMDS(_LayerwiseDetector):
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
         statistics = class_statistics(h, features.labels)
+        if statistics.classes.size < 2:
+            raise ValueError(
+                f"RMDS needs at least two classes in the fit labels; got only {statistics.classes.tolist()}. "
+                "With one, the class Gaussian is the background Gaussian and every score is 0: use "
+                "Mahalanobis() instead."
+            )
         self.classes_, self.class_means_ = statistics.classes, statistics.means
         self.covariance_ = statistics.covariance
         self.whitening_ = whitening(self.covariance_)
@@ -100,6 +115,6 @@ class RMDS(_LayerwiseDetector):
             self.background_whitening_ = whitening(self.background_covariance_)
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
-        class_part = mahalanobis_distances(h, self.class_means_, self.whitening_).min(axis=1)
+        class_part = nearest_class_distance(h, self.class_means_, self.whitening_)
         background = mahalanobis_distances(h, self.background_mean_[None, :], self.background_whitening_)
         return class_part - background[:, 0]

@@ -141,6 +141,7 @@ class SHE(_LayerwiseDetector):
     """
 
     requires = frozenset({"features", "logits", "labels"})
+    _state_shapes = {"patterns_": ("C", "D"), "counts_": ("C",)}
 
     def __init__(
         self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None

@@ -183,6 +183,7 @@ class ViM(Detector):
     """
 
     requires = frozenset({"features", "logits", "head"})
+    _state_shapes = {"origin_": ("D",), "null_space_": ("D", "R"), "dim_": (), "alpha_": ()}
     default_layers = (PENULTIMATE,)
     _parameter_constraints = {
         "dim": AnyOf(Interval(int, 1, None), Interval(float, 0, 1, closed="neither"), Options([None]))
@@ -190,6 +191,9 @@ class ViM(Detector):
 
     def __init__(self, dim: int | float | None = None) -> None:
         self.dim = dim
+
+    def _state_layer(self) -> str:
+        return PENULTIMATE
 
     def _fit(self, features: Features) -> None:
         h = features.layer(PENULTIMATE)
@@ -201,10 +205,12 @@ class ViM(Detector):
         self.dim_ = dim
         self.null_space_ = np.ascontiguousarray(eigenvectors[:, : n_features - dim])
         residual = _residual_norms(h, origin, eigenvectors, dim)
-        if residual.mean() == 0:
+        spread = float(np.sqrt(np.maximum(eigenvalues, 0.0).sum()))  # RMS distance of the features from u
+        if residual.mean() <= 1e-8 * spread:  # rounding noise, not a residual: alpha would be meaningless
             raise ValueError(
-                f"ViM: the fit features have no component outside the {dim}-dimensional principal subspace; "
-                "use a smaller dim."
+                f"ViM: the {len(h)} fit features have (almost) no component outside the {dim}-dimensional "
+                "principal subspace, so the virtual logit cannot be scaled. Fit on more samples than the "
+                f"subspace has dimensions (at least {dim + 1}; in practice thousands), or use a smaller dim."
             )
         # the max in the logits' own precision (exact), then float64: no float64 copy of all the logits
         top = np.asarray(features.logits).max(axis=1).astype(np.float64)

@@ -63,6 +63,8 @@ class ReAct(_Shaping):
     needs_fit = True
     _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
 
+    _state_shapes = {"clip_value_": ()}
+
     def __init__(self, detector: Detector | None = None, percentile: float = 90.0) -> None:
         self.detector = detector
         self.percentile = percentile
