@@ -3,8 +3,7 @@ traceback from deep inside numpy.
 
 One table per entry point: each row is a call on tiny inputs, the error type it must raise and a pattern its
 message must match (the argument or field it names and, where there is one, what to do). A few rows check a
-right answer instead, where the bad-looking input has a sensible meaning. Rows marked xfail name a fault
-whose root is outside the files this battery's fixes touched; each says what happens today.
+right answer instead, where the bad-looking input has a sensible meaning.
 """
 
 from __future__ import annotations
@@ -61,10 +60,6 @@ from oodscope.shaping import ash, react, scale
 from oodscope.training import build_model, learning_rate_at
 
 torch = pytest.importorskip("torch")
-
-
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 # --- shared tiny inputs -------------------------------------------------------------------------------------
@@ -681,7 +676,6 @@ PIPELINE = _rows(
         lambda c: extract(c.model, c.x, feature_layers_id=["penultimate"], postproc_fns={"penultimate": 3}),
         TypeError,
         "postproc_fns",
-        xfail("extract.py: the int is called; TypeError 'int' object is not callable, naming no argument"),
     ),
     ("bind-batch", lambda c: bind(c.model, batch_size=-1), ValueError, "batch_size must be a positive int"),
     ("knn-fit-model-no-data", lambda c: KNN().fit(c.model), ValueError, r"call fit\(model, fit_data\)"),

@@ -71,14 +71,22 @@ def _postproc_map(postproc_fns: Any, layer_ids: Sequence[Hashable]) -> dict[Hash
         unknown = [key for key in postproc_fns if key not in layer_ids]
         if unknown:
             raise ValueError(f"postproc_fns has entries for {unknown}, which are not in feature_layers_id.")
-        return dict(postproc_fns)
-    fns = list(postproc_fns)
-    if len(fns) != len(layer_ids):
-        raise ValueError(
-            f"postproc_fns has {len(fns)} functions for {len(layer_ids)} layers; give one per layer (None "
-            "keeps the default pooling) or a dict {layer_id: fn}."
-        )
-    return dict(zip(layer_ids, fns, strict=True))
+        mapping = dict(postproc_fns)
+    else:
+        fns = list(postproc_fns)
+        if len(fns) != len(layer_ids):
+            raise ValueError(
+                f"postproc_fns has {len(fns)} functions for {len(layer_ids)} layers; give one per layer "
+                "(None keeps the default pooling) or a dict {layer_id: fn}."
+            )
+        mapping = dict(zip(layer_ids, fns, strict=True))
+    for layer_id, fn in mapping.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(
+                f"postproc_fns[{layer_id!r}] is {fn!r}, not a function: give fn(activations) -> [batch, "
+                "features], or None for the default pooling."
+            )
+    return mapping
 
 
 @contextlib.contextmanager
