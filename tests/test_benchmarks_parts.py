@@ -7,29 +7,12 @@ checked.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from test_benchmarks import run
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ("--n-fit", "300", "--n-id", "150", "--n-ood", "150", "--side", "12")
-
-
-def run(script: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def ratio(out: str, name: str) -> float:
