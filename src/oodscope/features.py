@@ -270,9 +270,17 @@ def _check_rows(n: int | None, rows: int, field: str) -> int:
     return rows
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """Whether a numeric array holds no NaN or inf (True when empty); the check every array input shares.
+
+    min and max propagate NaN and reach ±inf: two passes in the array's own precision, without the
+    temporary of ``np.isfinite(array).all()``.
+    """
+    return array.size == 0 or bool(np.isfinite(array.min()) and np.isfinite(array.max()))
+
+
 def _check_finite(array: np.ndarray, field: str) -> None:
-    # min and max propagate NaN and reach ±inf: two passes without a temporary, faster than isfinite
-    if array.size == 0 or (np.isfinite(array.min()) and np.isfinite(array.max())):
+    if all_finite(array):
         return
     finite = np.isfinite(array)
     bad_rows = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(axis=1))

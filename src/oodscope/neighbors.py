@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .features import all_finite
+
 __all__ = [
     "build_ivf_index",
     "default_n_lists",
@@ -77,7 +79,7 @@ def _check_inputs(queries: Any, references: Any, k: int) -> tuple[np.ndarray, np
             f"queries [M, D] and references [N, D] must share D; got {queries.shape} and {refs.shape}."
         )
     for name, array in (("queries", queries), ("references", refs)):
-        if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+        if not all_finite(array):
             raise ValueError(f"The {name} hold NaN or inf; nearest neighbours need finite values.")
     if not 1 <= k <= refs.shape[0]:
         raise ValueError(

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..features import all_finite
+
 
 def as_logits(logits: Any) -> np.ndarray:
     """Return ``logits`` as a float64 array of shape [N, C], with a clear error otherwise."""
@@ -16,9 +18,8 @@ def as_logits(logits: Any) -> np.ndarray:
         raise ValueError(
             f"logits must be 2-D [n_samples, n_classes] with at least one class; got shape {array.shape}."
         )
-    # min and max propagate NaN and reach ±inf: two reductions without a temporary, on the input's own
-    # precision (half the bytes of float64 for a model's float32 logits), before the one conversion
-    if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+    # checked in the input's own precision (half the bytes of float64 for float32 logits), before converting
+    if not all_finite(array):
         raise ValueError("logits hold NaN or inf; check the model's outputs and the input preprocessing.")
     return array.astype(np.float64, copy=False)
 

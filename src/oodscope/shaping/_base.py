@@ -18,7 +18,7 @@ import numpy as np
 from .._params import InstanceOf, Interval
 from ..detectors.base import Detector, clone
 from ..detectors.energy import Energy
-from ..features import Features
+from ..features import Features, all_finite
 from ..needs import PassKind
 
 PENULTIMATE = "penultimate"
@@ -153,7 +153,7 @@ def _activations(features: Any, method: str) -> np.ndarray:
             f"shape {h.shape}. For one sample, pass features[None, :]."
         )
     h = _as_float(h)
-    if not np.isfinite(h).all():
+    if not all_finite(h):
         raise ValueError(f"{method}'s activations hold NaN or inf; check the model's outputs.")
     return h
 
