@@ -5,7 +5,7 @@ themselves (the scatter GEMM, ``h64.T @ h64``; numpy computes it as a symmetric 
 times each fit and that product side by side in the same run (interleaved, best of ``--repeats``) and prints
 their ratio. ViM also needs an eigendecomposition of a [D, D] matrix (its principal subspace), so its fit is
 also compared with the product plus one float64 ``np.linalg.eigh`` of the [D, D] covariance. Last, the
-three fits run one after the other, once plainly and once inside ``shared_statistics()``, where they share
+three fits run one after the other, once plainly and once inside ``sharing()``, where they share
 one pass of statistics. Each timed run follows a short pause, so that the BLAS threads of the run before
 have gone idle (numpy's and scipy's OpenBLAS are separate libraries, whose threads spin for a while after a
 call and slow down the other's). On a shared machine, run it when the machine is otherwise idle and use
@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from oodscope import Features
-from oodscope.detectors._statistics import shared_statistics
+from oodscope._sharing import sharing
 from oodscope.detectors.mahalanobis import Mahalanobis
 from oodscope.detectors.rmds import RMDS
 from oodscope.detectors.vim import ViM
@@ -76,7 +76,7 @@ def main() -> None:
             cls().fit(features)
 
     def all_three_shared() -> None:
-        with shared_statistics():
+        with sharing():
             all_three()
 
     runs: dict[str, Callable[[], object]] = {
@@ -106,7 +106,7 @@ def main() -> None:
         )
     print(
         f"all three: separately {best['separately']:.3f} s, "
-        f"inside shared_statistics() {best['shared']:.3f} s, ratio {best['shared'] / best['separately']:.2f}"
+        f"inside sharing() {best['shared']:.3f} s, ratio {best['shared'] / best['separately']:.2f}"
     )
 
 

@@ -1,5 +1,5 @@
 """The shared statistics of the covariance-based detectors: class statistics and whitening against direct
-references, and ``shared_statistics`` computing each of them once per input, only inside the context."""
+references, and ``sharing`` computing each of them once per input, only inside the context."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from scipy.linalg import pinvh
 from sklearn.covariance import EmpiricalCovariance
 
 from oodscope import Features
+from oodscope._sharing import sharing
 from oodscope.detectors import _statistics
-from oodscope.detectors._statistics import class_statistics, shared_statistics, whitening, whitening_update
+from oodscope.detectors._statistics import class_statistics, whitening, whitening_update
 from oodscope.detectors.mahalanobis import Mahalanobis
 from oodscope.detectors.rmds import RMDS
 from oodscope.detectors.vim import ViM
@@ -135,7 +136,7 @@ def test_rmds_with_dead_units_matches_pseudo_inverses():
     np.testing.assert_allclose(scores, expected, rtol=1e-8, atol=1e-8)
 
 
-# --- shared_statistics --------------------------------------------------------------------------------------
+# --- sharing --------------------------------------------------------------------------------------------
 
 
 def features(seed: int = 0) -> Features:
@@ -181,7 +182,7 @@ def test_inside_the_context_the_statistics_are_computed_once(calls):
     separate = fit_all(fit)
     assert calls == {"scatter": 4, "whitening": 2}
     calls.update(scatter=0, whitening=0)
-    with shared_statistics():
+    with sharing():
         shared = fit_all(fit)
     assert calls == {"scatter": 1, "whitening": 1}  # one pass for all four; Σ whitened once for two
     for alone, together in zip(separate, shared, strict=True):
@@ -195,7 +196,7 @@ def test_inside_the_context_the_statistics_are_computed_once(calls):
 def test_outside_the_context_nothing_is_cached(calls):
     fit = features(0)
     h = fit.layer("penultimate")
-    with shared_statistics():
+    with sharing():
         Mahalanobis().fit(fit)
     Mahalanobis().fit(fit)  # the context has ended: computed afresh
     assert calls["scatter"] == 2
@@ -209,9 +210,9 @@ def test_outside_the_context_nothing_is_cached(calls):
 def test_inputs_are_recognised_by_identity(calls):
     fit = features(0)
     copy = Features(layers={"penultimate": fit.layer("penultimate").copy()}, labels=fit.labels)
-    with shared_statistics():
+    with sharing():
         Mahalanobis().fit(fit)
-        with shared_statistics():  # a nested context shares the enclosing one
+        with sharing():  # a nested context shares the enclosing one
             Mahalanobis().fit(fit)
         Mahalanobis().fit(copy)  # equal values, another array
     assert calls["scatter"] == 2
@@ -219,7 +220,7 @@ def test_inputs_are_recognised_by_identity(calls):
 
 def test_other_threads_have_their_own_cache(calls):
     fit = features(0)
-    with shared_statistics():
+    with sharing():
         Mahalanobis().fit(fit)
         worker = threading.Thread(target=lambda: Mahalanobis().fit(fit))
         worker.start()

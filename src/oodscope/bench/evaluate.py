@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ..detectors._statistics import shared_statistics
 from ..detectors.base import Detector, clone
 from ..extract import progress_bar
 from ..features import Features
@@ -195,7 +194,7 @@ def evaluate(
             continue
         views = session.features(key if key in ("fit", "id") else f"ood:{key}", data, names)
         sizes[key] = len(next(iter(views.values())))
-        with sharing(), shared_statistics():  # within a dataset, detectors share shaping work and statistics
+        with sharing():  # within a dataset, detectors share shaping work and statistics
             for name in names:
                 if name == _LOGITS:  # read now: the ID set's arrays are released before the OOD sets run
                     id_accuracy = _accuracy(views[name])

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from .._table import markdown_table
-from ..detectors._statistics import shared_statistics
 from ..detectors.base import Detector, clone
 from ..metrics import bench_metrics
 from ..shaping import sharing
@@ -215,7 +214,7 @@ def tune(
     bar = progress_bar(list(session.detectors), progress, desc="tune", unit="candidate", leave=False)
     # candidates share shaping work (the clip value of ReActs around several detectors) and statistics (the
     # covariance of Mahalanobis, RMDS and ViM candidates)
-    with sharing(), shared_statistics():
+    with sharing():
         for name in bar:
             index, params = int(name), candidates[int(name)]
             candidate = session.detectors[name]

@@ -3,10 +3,10 @@ ViM): class counts and means, the within-class covariance, and whitening matrice
 
 Their cost is dominated by one float64 product of the centred [N, D] features with themselves; the rest
 (class sums, a Cholesky factorisation and a triangular inverse) is a fraction of it. Inside
-:func:`shared_statistics` each of them is computed once per input and reused by every detector that asks,
-so fitting Mahalanobis, RMDS and ViM on the same Features costs about one such product::
+:func:`~oodscope._sharing.sharing` each of them is computed once per input and reused by every detector that
+asks, so fitting Mahalanobis, RMDS and ViM on the same Features costs about one such product::
 
-    with shared_statistics():
+    with sharing():
         for detector in (Mahalanobis(), RMDS(), ViM()):
             detector.fit(features)
 
@@ -16,18 +16,16 @@ fits never gives stale results.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .._sharing import shared
 
 __all__ = [
     "ClassStatistics",
     "class_statistics",
     "rank_update",
-    "shared_statistics",
     "whitening",
     "whitening_update",
 ]
@@ -51,73 +49,6 @@ class ClassStatistics(NamedTuple):
     covariance: np.ndarray  # [D, D], (1 / N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ
 
 
-# --- the cache ----------------------------------------------------------------------------------------------
-
-
-class _Cache:
-    """Results by the identity of their inputs; each entry keeps its inputs alive, so their ids cannot be
-    reused by other objects while the cache lives."""
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] = {}
-
-
-_CACHE: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar("oodscope_statistics", default=None)
-
-
-@contextlib.contextmanager
-def shared_statistics() -> Iterator[None]:
-    """Within this context, statistics are computed once per input and shared by the detectors that use
-    them.
-
-    The statistics of a (features, labels) pair (class counts, means, tied covariance), the whitening of a
-    covariance and ViM's spectrum of a (features, labels, head) set are each computed at the first request
-    and then returned as they are (the same arrays) to every later request for the same input objects: the
-    inputs are recognised by identity, not by value, and the context holds references to them until it
-    ends. Do not modify the fit arrays in place inside the context. Detectors fitted inside share these
-    read-only-by-convention arrays (e.g. ``covariance_``); do not modify learned arrays in place either.
-
-    The cache belongs to the current context (:mod:`contextvars`): other threads see their own, empty one.
-    A nested ``with`` reuses the enclosing cache. Outside the context nothing is cached.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from oodscope import Features
-    >>> from oodscope.detectors.mahalanobis import Mahalanobis
-    >>> from oodscope.detectors.rmds import RMDS
-    >>> rng = np.random.default_rng(0)
-    >>> fit = Features(layers={"penultimate": rng.normal(size=(100, 3))}, labels=rng.integers(0, 2, 100))
-    >>> with shared_statistics():
-    ...     mds, rmds = Mahalanobis().fit(fit), RMDS().fit(fit)
-    >>> mds.covariance_ is rmds.covariance_
-    True
-    """
-    if _CACHE.get() is not None:
-        yield
-        return
-    token = _CACHE.set(_Cache())
-    try:
-        yield
-    finally:
-        _CACHE.reset(token)
-
-
-def shared(kind: str, inputs: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-    """``compute()``, or inside :func:`shared_statistics` the result kept for the same ``kind`` and the same
-    input objects (by identity)."""
-    cache = _CACHE.get()
-    if cache is None:
-        return compute()
-    key = (kind, *map(id, inputs))
-    entry = cache.entries.get(key)
-    if entry is not None and all(a is b for a, b in zip(entry[0], inputs, strict=True)):
-        return entry[1]
-    result = compute()
-    cache.entries[key] = (inputs, result)
-    return result
-
-
 # --- class statistics -----------------------------------------------------------------------------------
 
 
@@ -133,8 +64,8 @@ def class_statistics(features: Any, labels: Any) -> ClassStatistics:
     approximate means, and the class sums of the same centred blocks give the exact means and the (tiny)
     correction to the scatter, so the result is as accurate as centring about the exact means, with no
     cancellation, for about 1.1 times the cost of the bare float64 product of the centred features with
-    themselves. Memory: one block (about 8 MB) beyond the output. Inside :func:`shared_statistics` it is
-    computed once per (features, labels) pair.
+    themselves. Memory: one block (about 8 MB) beyond the output. Inside
+    :func:`~oodscope._sharing.sharing` it is computed once per (features, labels) pair.
 
     Returns
     -------
@@ -273,8 +204,8 @@ def whitening(covariance: Any) -> np.ndarray:
       ``scipy.linalg.pinvh``), W [D, r]; directions without variance in the fit data are ignored.
 
     Both give the same distances ``‖(h − μ) W‖²`` up to rounding when Σ is invertible; the Cholesky route
-    costs a small fraction of an eigendecomposition. Inside :func:`shared_statistics` the whitening of a
-    given covariance array is computed once.
+    costs a small fraction of an eigendecomposition. Inside :func:`~oodscope._sharing.sharing` the
+    whitening of a given covariance array is computed once.
     """
     return shared("whitening", (covariance,), lambda: _whitening(covariance))
 

@@ -37,7 +37,7 @@ def mahalanobis_distances(features: Any, means: Any, whitener: Any) -> np.ndarra
 
 def nearest_class_distance(features: Any, means: Any, whitener: Any) -> np.ndarray:
     """The squared Mahalanobis distance [N] of each row to its nearest mean (see
-    :func:`mahalanobis_distances`). Inside :func:`~oodscope.detectors._statistics.shared_statistics` it is
+    :func:`mahalanobis_distances`). Inside :func:`~oodscope._sharing.sharing` it is
     computed once per (features, means, whitener) objects: Mahalanobis and RMDS fitted on the same data share
     those, so RMDS's class part costs nothing more in ``evaluate``."""
     return shared(
@@ -64,7 +64,7 @@ class Mahalanobis(_LayerwiseDetector):
     else the pseudo-inverse Σ⁺ (eigenvalues below ``D · eps · λ_max`` dropped, like ``scipy.linalg.pinvh``
     in scikit-learn's ``EmpiricalCovariance``), so singular covariances, e.g. of dead units, still work.
     The fit costs little more than one float64 product of the centred fit features with themselves
-    (:func:`class_statistics`); inside :func:`~oodscope.detectors._statistics.shared_statistics` RMDS and
+    (:func:`class_statistics`); inside :func:`~oodscope._sharing.sharing` RMDS and
     ViM reuse its statistics. The paper's input preprocessing (a gradient step of size ε on the input) and
     its feature ensemble are not applied: this is the plain distance on the given features; several layers
     combine through ``aggregator``.

@@ -34,7 +34,7 @@ class RMDS(_LayerwiseDetector):
     thin products, no second factorisation) when K ≤ D / 8, else through Σ_0's own whitening. When Σ is
     singular (e.g. dead units), both are pseudo-inverses, Σ⁺ and Σ_0⁺ (eigenvalues below ``D · eps · λ_max``
     dropped). The fit costs little more than one float64 product of the centred fit features with
-    themselves; inside :func:`~oodscope.detectors._statistics.shared_statistics` the statistics and Σ's
+    themselves; inside :func:`~oodscope._sharing.sharing` the statistics and Σ's
     whitening are those of Mahalanobis on the same features.
 
     Parameters

@@ -53,7 +53,7 @@ def _spectrum(
     ``(1/N) Σ_i (h_i − u)(h_i − u)ᵀ = Σ + Σ_k (n_k / N)(μ_k − u)(μ_k − u)ᵀ`` with the class statistics
     (:func:`~oodscope.detectors._statistics.class_statistics`; one class when ``labels`` is None): a sum of
     positive semi-definite terms, exact without a pass of its own, and shared with Mahalanobis and RMDS
-    inside :func:`~oodscope.detectors._statistics.shared_statistics`. scipy's LAPACK throughout, like the
+    inside :func:`~oodscope._sharing.sharing`. scipy's LAPACK throughout, like the
     statistics: switching to numpy's (another OpenBLAS, whose threads keep spinning a while after each
     call) slows the next products down.
     """
@@ -145,7 +145,7 @@ class ViM(Detector):
     not a pass of its own: it is the tied covariance plus a rank-K term from the class means (one class when
     the fit data have no labels), whose statistics cost about one float64 product of the centred features
     with themselves and are those of Mahalanobis and RMDS inside
-    :func:`~oodscope.detectors._statistics.shared_statistics`. Then an eigendecomposition of the [D, D]
+    :func:`~oodscope._sharing.sharing`. Then an eigendecomposition of the [D, D]
     moment (the principal subspace), and one product of the fit features with the smaller of the principal
     and residual bases for α.
 

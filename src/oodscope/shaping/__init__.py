@@ -24,11 +24,11 @@ implements
 ``_non_negative = True`` makes it reject negative (not post-ReLU) activations. Import it here.
 """
 
-from ._base import _MEMO as _MEMO
+from .._sharing import _MEMO as _MEMO
+from .._sharing import sharing
 from ._base import _Scratch as _Scratch
 from ._base import _Shaping as _Shaping
 from ._base import percentile as percentile
-from ._base import sharing
 from .ash import ASH, ash
 from .react import ReAct, react
 from .scale import SCALE, scale

@@ -6,68 +6,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import operator
 import os
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
 from .._params import InstanceOf, Interval
+from .._sharing import shared as _shared
 from ..detectors.base import Detector, clone
 from ..detectors.energy import Energy
 from ..features import Features, all_finite
 from ..needs import PassKind
 
 PENULTIMATE = "penultimate"
-
-#: {key: (source arrays, value)} while a `sharing()` block runs, else None
-_MEMO: ContextVar[dict[Hashable, tuple[tuple[Any, ...], Any]] | None] = ContextVar("oodscope_shaping_memo")
-
-
-@contextlib.contextmanager
-def sharing() -> Iterator[None]:
-    """Inside this block, shaping detectors share their work on the same feature arrays.
-
-    Equal shapings (ReAct() and ReAct(GEN()) with the same clip value, ASH(MSP()) and ASH(Energy()), ...)
-    recompute the logits once, and ReAct's clip value is computed once per fit array and percentile.
-    :func:`oodscope.bench.evaluate` and :func:`oodscope.bench.tune` run their detectors inside it. The
-    feature arrays must not change inside the block: results are matched to arrays by identity. What is kept
-    (logits and clip values; the shaped features too when the wrapped detector reads them) is freed when the
-    block ends.
-
-    >>> import numpy as np
-    >>> from oodscope import GEN, Features, ReAct
-    >>> h = np.random.default_rng(0).random((100, 64))
-    >>> feats = Features(layers={"penultimate": h}, head_weight=np.eye(64))
-    >>> with sharing():
-    ...     energy = ReAct().fit(feats).score(feats).scores
-    ...     gen = ReAct(GEN()).fit(feats).score(feats).scores  # same clip, same logits: computed once
-    >>> bool(np.allclose(gen, ReAct(GEN()).fit(feats).score(feats).scores))
-    True
-    """
-    token = _MEMO.set({})
-    try:
-        yield
-    finally:
-        _MEMO.reset(token)
-
-
-def _shared(key: tuple[Hashable, ...], sources: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-    """``compute()``, or, inside :func:`sharing`, its earlier result for the same key computed from these
-    very ``sources``."""
-    memo = _MEMO.get(None)
-    if memo is None:
-        return compute()
-    key = (*key, *map(id, sources))
-    hit = memo.get(key)
-    if hit is not None and all(map(operator.is_, hit[0], sources)):
-        return hit[1]
-    value = compute()
-    memo[key] = (sources, value)  # the sources are kept alive, so their ids stay theirs
-    return value
 
 
 class _Scratch:
