@@ -147,6 +147,10 @@ class Detector(LearnedState):
     }
     #: layers extracted when fitted on a model without ``feature_layers_id``
     default_layers: ClassVar[tuple[Any, ...]] = ()
+    #: the method's published tuning grid (OpenOOD's sweep where it has one), as data for
+    #: :func:`~oodscope.tune`: ``tune(det, det.search_space, fit, id_val, ood_val)`` reproduces that
+    #: automatic parameter search. ``{}`` (one candidate: the defaults) when the method is not tuned.
+    search_space: ClassVar[dict[str, list[Any]] | list[dict[str, list[Any]]]] = {}
     #: hyperparameters under which the detector scores Features without a model (for the test suite)
     _features_only_params: ClassVar[dict[str, Any]] = {}
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
