@@ -136,6 +136,28 @@ def test_rmds_with_dead_units_matches_pseudo_inverses():
     np.testing.assert_allclose(scores, expected, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize(
+    "dim, n_classes, offset", [(40, 3, 0.0), (12, 10, 0.0), (24, 4, 50.0)], ids=["few", "many", "far"]
+)
+def test_rmds_linear_form_matches_the_two_distances(dim, n_classes, offset):
+    """With Σ invertible RMDS scores through its linear form; it equals MD_k − MD_0 computed directly from
+    the two inverse covariances, with many classes (K > D / 8) and far from the origin too."""
+    h, labels = labelled(600, dim, n_classes, offset=offset)
+    test, _ = labelled(50, dim, n_classes, seed=1, offset=offset)
+    test = np.vstack([test, test[:10] * 3.0])  # some far from every class
+    det = RMDS().fit(Features(layers={"penultimate": h}, labels=labels))
+    assert det.relative_directions_.shape == det.background_directions_.shape == (dim, n_classes)
+    _, means, covariance = reference(h, labels)
+    background = np.cov(h, rowvar=False, bias=True)
+    precision, background_precision = np.linalg.inv(covariance), np.linalg.inv(background)
+    diff = test[:, None, :] - means[None]
+    class_part = np.einsum("nkd,de,nke->nk", diff, precision, diff).min(axis=1)
+    centred = test - h.mean(axis=0)
+    expected = class_part - np.einsum("nd,de,ne->n", centred, background_precision, centred)
+    scores = det.score(Features(layers={"penultimate": test})).scores
+    np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
 # --- sharing --------------------------------------------------------------------------------------------
 
 

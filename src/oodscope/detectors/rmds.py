@@ -7,7 +7,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from ..features import Features
-from ._layerwise import Aggregator, _LayerwiseDetector
+from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
 from ._statistics import class_statistics, rank_update, whitening, whitening_update
 from .mahalanobis import mahalanobis_distances, nearest_class_distance
 
@@ -28,14 +28,20 @@ class RMDS(_LayerwiseDetector):
         S(x) = min_k (MD_k(x) − MD_0(x)) = min_k MD_k(x) − MD_0(x).
 
     Σ_0 is obtained exactly from the class statistics, Σ_0 = Σ + Σ_k (n_k / N)(μ_k − μ_0)(μ_k − μ_0)ᵀ, so
-    the fit makes one pass over the features, and Σ_0 = Σ + B Bᵀ is a rank-K update of Σ. Σ⁻¹ is applied
-    through a whitening W of Σ as in :class:`Mahalanobis` (the inverse Cholesky factor when Σ is well
-    conditioned), and Σ_0⁻¹ through W_0 = W (I + C Cᵀ)^(−1/2) with C = Wᵀ B (:func:`whitening_update`: two
-    thin products, no second factorisation) when K ≤ D / 8, else through Σ_0's own whitening. When Σ is
-    singular (e.g. dead units), both are pseudo-inverses, Σ⁺ and Σ_0⁺ (eigenvalues below ``D · eps · λ_max``
-    dropped). The fit costs little more than one float64 product of the centred fit features with
-    themselves; inside :func:`~oodscope._sharing.sharing` the statistics and Σ's
-    whitening are those of Mahalanobis on the same features.
+    the fit makes one pass over the features (about one float64 product of the centred fit features with
+    themselves; inside :func:`~oodscope._sharing.sharing` the statistics are those of Mahalanobis on the
+    same features), and Σ_0 = Σ + B Bᵀ is a rank-K update of Σ.
+
+    When Σ is invertible (the rule), the score is computed in its **linear form**. With r = h − μ_0 and
+    o_k = μ_k − μ_0, MD_k − MD_0 expands so that the quadratic term rᵀ Σ⁻¹ r cancels, and Woodbury's identity
+    gives MD_0 = rᵀ Σ⁻¹ r − ‖Gᵀ r‖², with G = Σ⁻¹ B (I + Bᵀ Σ⁻¹ B)^(−1/2) [D, K]:
+
+        S(x) = min_k (c_k − 2 rᵀ v_k) + ‖Gᵀ r‖²,    v_k = Σ⁻¹ o_k,  c_k = o_kᵀ Σ⁻¹ o_k.
+
+    Scoring M samples then costs one [M, D] x [D, 2K] product instead of two [M, D] x [D, D] whitening
+    products, with no cancellation between two large distances. When Σ is singular (e.g. dead units), both
+    distances use pseudo-inverses, Σ⁺ and Σ_0⁺ (eigenvalues below ``D · eps · λ_max`` dropped), through
+    whitening factors (W Wᵀ = Σ⁺ as in :class:`Mahalanobis`, W_0 W_0ᵀ = Σ_0⁺), and are subtracted.
 
     Parameters
     ----------
@@ -60,6 +66,12 @@ class RMDS(_LayerwiseDetector):
     background_whitening_ : ndarray [D, D] or [D, r0]
         W_0 with W_0 W_0ᵀ = Σ_0⁻¹ (Fortran-ordered): [D, D] when Σ is invertible, else [D, r0] with
         r0 = rank(Σ_0) and W_0 W_0ᵀ = Σ_0⁺.
+    relative_directions_ : ndarray [D, K]
+        v_k = Σ⁻¹ (μ_k − μ_0) in the linear form (only when Σ is invertible).
+    relative_offsets_ : ndarray [K]
+        c_k = (μ_k − μ_0)ᵀ Σ⁻¹ (μ_k − μ_0) (only when Σ is invertible).
+    background_directions_ : ndarray [D, K]
+        G in the linear form (only when Σ is invertible).
     layers_ : list
         The layer ids used (with several: ``layer_detectors_`` and ``aggregator_``).
 
@@ -83,6 +95,9 @@ class RMDS(_LayerwiseDetector):
         "background_mean_": ("D",),
         "background_covariance_": ("D", "D"),
         "background_whitening_": ("D", "r0"),
+        "relative_directions_": ("D", "K"),
+        "relative_offsets_": ("K",),
+        "background_directions_": ("D", "K"),
     }
 
     def __init__(
@@ -109,12 +124,48 @@ class RMDS(_LayerwiseDetector):
         self.background_covariance_ = rank_update(self.covariance_, spread)
         # the update costs about 4 D² K flops and a thin SVD; factorising and inverting Σ_0, about 2 D³ / 3
         # at half the speed: the update is the cheaper while K ≤ D / 8
-        if self.whitening_.shape[1] == h.shape[1] and 8 * spread.shape[1] <= h.shape[1]:  # Σ invertible
+        invertible = self.whitening_.shape[1] == h.shape[1]
+        if invertible and 8 * spread.shape[1] <= h.shape[1]:
             self.background_whitening_ = whitening_update(self.whitening_, spread)
         else:
             self.background_whitening_ = whitening(self.background_covariance_)
+        if invertible:
+            form = relative_form(self.whitening_, offsets, weights)
+            self.relative_directions_, self.relative_offsets_, self.background_directions_ = form
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
+        if hasattr(self, "relative_directions_"):  # Σ invertible: the linear form
+            directions = np.hstack([self.relative_directions_, self.background_directions_])
+            constants, n_classes = self.relative_offsets_, self.classes_.size
+
+            def relative(block: np.ndarray) -> np.ndarray:
+                projected = (block - self.background_mean_) @ directions  # [b, 2K]: rᵀ v_k, then Gᵀ r
+                class_part = (constants - 2.0 * projected[:, :n_classes]).min(axis=1)
+                return class_part + np.einsum("ij,ij->i", projected[:, n_classes:], projected[:, n_classes:])
+
+            return map_row_blocks(h, relative)
         class_part = nearest_class_distance(h, self.class_means_, self.whitening_)
         background = mahalanobis_distances(h, self.background_mean_[None, :], self.background_whitening_)
         return class_part - background[:, 0]
+
+
+def relative_form(
+    whitener: np.ndarray, offsets: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The class directions V = [v_1 … v_K] [D, K], offsets c [K] and background directions G [D, K] of
+    RMDS's linear form (see :class:`RMDS`), from a square whitening W of Σ (W Wᵀ = Σ⁻¹), the class offsets
+    O = [o_1 … o_K]ᵀ with o_k = μ_k − μ_0 [K, D], and the class weights n_k / N.
+
+    With A = Wᵀ Oᵀ [D, K]: v_k = W A_k, c_k = ‖A_k‖². B = Oᵀ diag(sqrt(n_k / N)), so Bᵀ Σ⁻¹ B = Sᵀ S with
+    S = A diag(sqrt(n_k / N)); from its eigendecomposition Q diag(s) Qᵀ, G = Σ⁻¹ B Q diag((1 + s)^(−1/2)).
+    """
+    from scipy.linalg import blas, eigh
+
+    whitener = np.asfortranarray(whitener, dtype=np.float64)
+    projected = blas.dgemm(1.0, whitener, np.asarray(offsets, dtype=np.float64), trans_a=1, trans_b=1)  # A
+    directions = blas.dgemm(1.0, whitener, projected)  # V = W A [D, K]
+    root = np.sqrt(weights)
+    scaled = projected * root
+    eigenvalues, eigenvectors = eigh(scaled.T @ scaled)
+    correction = (directions * root) @ (eigenvectors / np.sqrt(1.0 + np.maximum(eigenvalues, 0.0)))
+    return directions, (projected**2).sum(axis=0), correction
