@@ -280,6 +280,25 @@ def test_vim_residuals_of_rows_nearly_inside_the_principal_subspace():
     assert det.alpha_ == pytest.approx(fit.logits.max(axis=1).mean() / residual.mean(), rel=1e-9)
 
 
+def test_vim_scores_through_either_basis_alike():
+    """Scoring projects on the smaller basis (here P, 3 < 29); a file saved with R alone scores the same, and
+    the scores of near-subspace rows are those of the explicit projection."""
+    fit, test = features(0), features(1)
+    det = ViM(dim=3).fit(fit)
+    scores = det.score(test).scores
+    np.testing.assert_allclose(det.principal_space_.T @ det.null_space_, np.zeros((3, 29)), atol=1e-12)
+    h = test.layer("penultimate")
+    inside = det.origin_ + (h - det.origin_) @ det.principal_space_ @ det.principal_space_.T
+    near = Features(
+        logits=test.logits, layers={"penultimate": inside + 1e-6 * det.null_space_[:, 0]},
+        head_weight=test.head_weight, head_bias=test.head_bias,
+    )  # fmt: skip
+    expected_near = det.score(near).scores
+    del det.principal_space_  # as loaded from a file written before principal_space_ existed
+    np.testing.assert_allclose(det.score(test).scores, scores, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(det.score(near).scores, expected_near, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("dim, n_classes", [(40, 4), (12, 4)], ids=["update", "factorised"])
 def test_rmds_background_whitening_matches_scikit_learn(dim, n_classes):
     # K ≤ D / 8: Σ_0's whitening is the rank-K update of Σ's; otherwise Σ_0 is factorised itself

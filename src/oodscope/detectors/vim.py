@@ -11,7 +11,7 @@ from .._params import AnyOf, Interval, Options
 from ..features import Features
 from ._layerwise import map_row_blocks
 from ._logits import as_logits, logsumexp
-from ._statistics import SCATTER_BLOCK_BYTES, class_statistics, rank_update, shared
+from ._statistics import class_statistics, rank_update, shared
 from .base import Detector
 
 __all__ = ["ViM", "vim_principal_dim", "vim_score"]
@@ -79,51 +79,41 @@ def vim_score(features: Any, logits: Any, origin: Any, null_space: Any, alpha: f
     >>> vim_score(h, z, origin=[0.0, 0.0], null_space=[[0.0], [1.0]], alpha=0.5).round(4)
     array([0.3069])
     """
-    origin = np.asarray(origin, dtype=np.float64)
-    null_space = np.asarray(null_space, dtype=np.float64)
-    residual = map_row_blocks(
-        np.asarray(features), lambda block: np.linalg.norm((block - origin) @ null_space, axis=1)
-    )
+    residual = residual_norms(features, origin, null_space, principal=False)
     return alpha * residual - logsumexp(as_logits(logits))
 
 
-def _residual_norms(
-    features: np.ndarray, origin: np.ndarray, eigenvectors: np.ndarray, dim: int
-) -> np.ndarray:
-    """‖(h − u) R‖ per row, from whichever of the two bases is smaller (the principal P [D, d] or the null
-    space R [D, D − d], the columns of ``eigenvectors`` in ascending order).
+def residual_norms(features: Any, origin: Any, basis: Any, principal: bool) -> np.ndarray:
+    """‖(h − u) R‖ per row [N] (R an orthonormal basis of the residual space), from an orthonormal ``basis``
+    [D, k] of the residual space itself (``principal=False``) or of the principal subspace P
+    (``principal=True``), whichever is smaller: the cost is one [N, D] x [D, k] product.
 
     Through P it is ``sqrt(‖h − u‖² − ‖(h − u) P‖²)``, which loses about log10(‖h − u‖² / residual²) digits
-    to cancellation; rows where that would exceed 4 digits are projected explicitly instead,
-    ``‖(h − u) − (h − u) P Pᵀ‖``. The products are scipy's, like the eigendecomposition before them.
+    to cancellation; in a block of rows where some would lose more than 4, those rows are projected
+    explicitly instead, ``‖(h − u) − (h − u) P Pᵀ‖``. Fixed-size blocks of rows (:func:`map_row_blocks`), so
+    a row's result does not depend on the batch it comes in. The products are scipy's, like the
+    eigendecomposition of the fit.
     """
     from scipy.linalg import blas
 
-    n_features = eigenvectors.shape[0]
-    low = dim >= n_features - dim
-    basis = np.asfortranarray(
-        eigenvectors[:, : n_features - dim] if low else eigenvectors[:, n_features - dim :]
-    )
+    origin = np.asarray(origin, dtype=np.float64)
+    basis = np.asfortranarray(basis, dtype=np.float64)
 
-    n = features.shape[0]
-    rows = max(1, min(n, SCATTER_BLOCK_BYTES // (8 * n_features)))
-    buffer = np.empty((rows, n_features))
-    norms = np.empty(n)
-    for start in range(0, n, rows):  # fit rows only: no need for map_row_blocks' fixed-shape blocks
-        stop = min(start + rows, n)
-        centred = np.subtract(features[start:stop], origin, out=buffer[: stop - start])
+    def norms(block: np.ndarray) -> np.ndarray:
+        centred = block - origin
         # (centred @ basis)ᵀ = basisᵀ centredᵀ: Fortran-ordered operands, so BLAS reads them without a copy
         projected = blas.dgemm(1.0, basis, centred.T, trans_a=1).T
         squared = np.einsum("ij,ij->i", projected, projected)
-        if not low:
+        if principal:
             total = np.einsum("ij,ij->i", centred, centred)
             squared = total - squared
             close = squared < 1e-4 * total
-            if close.any():
+            if close.any():  # the whole block, so that a row's result does not depend on its neighbours
                 explicit = centred - blas.dgemm(1.0, basis, projected.T).T
                 squared[close] = np.einsum("ij,ij->i", explicit[close], explicit[close])
-        norms[start:stop] = np.sqrt(np.maximum(squared, 0.0))
-    return norms
+        return np.sqrt(np.maximum(squared, 0.0))
+
+    return map_row_blocks(np.asarray(features), norms)
 
 
 class ViM(Detector):
@@ -164,6 +154,9 @@ class ViM(Detector):
         The d used.
     null_space_ : ndarray [D, D − d]
         R, orthonormal.
+    principal_space_ : ndarray [D, d]
+        P, orthonormal: the d leading eigenvectors. Scoring projects on the smaller of P and R (one
+        [N, D] x [D, min(d, D − d)] product), since ‖(h − u) R‖² = ‖h − u‖² − ‖(h − u) P‖².
     alpha_ : float
         α.
 
@@ -183,7 +176,13 @@ class ViM(Detector):
     """
 
     requires = frozenset({"features", "logits", "head"})
-    _state_shapes = {"origin_": ("D",), "null_space_": ("D", "R"), "dim_": (), "alpha_": ()}
+    _state_shapes = {
+        "origin_": ("D",),
+        "null_space_": ("D", "R"),
+        "principal_space_": ("D", "d"),
+        "dim_": (),
+        "alpha_": (),
+    }
     default_layers = (PENULTIMATE,)
     _parameter_constraints = {
         "dim": AnyOf(Interval(int, 1, None), Interval(float, 0, 1, closed="neither"), Options([None]))
@@ -195,6 +194,16 @@ class ViM(Detector):
     def _state_layer(self) -> str:
         return PENULTIMATE
 
+    def _known_sizes(self) -> dict[str, int]:
+        """Besides C and D: the principal dimension d = ``dim_`` and the residual's, R = D − d."""
+        sizes = super()._known_sizes()
+        dim = getattr(self, "dim_", None)
+        if isinstance(dim, (int, np.integer)):
+            sizes["d"] = int(dim)
+            if "D" in sizes:
+                sizes["R"] = sizes["D"] - int(dim)
+        return sizes
+
     def _fit(self, features: Features) -> None:
         h = features.layer(PENULTIMATE)
         n_features = h.shape[1]
@@ -204,7 +213,8 @@ class ViM(Detector):
         self.origin_ = origin
         self.dim_ = dim
         self.null_space_ = np.ascontiguousarray(eigenvectors[:, : n_features - dim])
-        residual = _residual_norms(h, origin, eigenvectors, dim)
+        self.principal_space_ = np.ascontiguousarray(eigenvectors[:, n_features - dim :])
+        residual = self._residual(h)
         spread = float(np.sqrt(np.maximum(eigenvalues, 0.0).sum()))  # RMS distance of the features from u
         if residual.mean() <= 1e-8 * spread:  # rounding noise, not a residual: alpha would be meaningless
             raise ValueError(
@@ -223,7 +233,15 @@ class ViM(Detector):
                 stacklevel=4,
             )
 
+    def _residual(self, h: np.ndarray) -> np.ndarray:
+        """‖(h − u) R‖, through the smaller of the two bases (files saved before ``principal_space_``
+        existed have only R)."""
+        principal = getattr(self, "principal_space_", None)
+        if principal is not None and principal.shape[1] < self.null_space_.shape[1]:
+            return residual_norms(h, self.origin_, principal, principal=True)
+        return residual_norms(h, self.origin_, self.null_space_, principal=False)
+
     def _score(self, features: Features) -> np.ndarray:
-        return vim_score(
-            features.layer(PENULTIMATE), features.logits, self.origin_, self.null_space_, self.alpha_
+        return self.alpha_ * self._residual(features.layer(PENULTIMATE)) - logsumexp(
+            as_logits(features.logits)
         )
