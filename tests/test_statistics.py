@@ -105,8 +105,26 @@ def test_whitening_falls_back_to_the_pseudo_inverse():
     cutoff = 10 * np.finfo(float).eps * np.diagonal(close).max()
     assert cutoff < pivots.min() < _statistics.CHOLESKY_MARGIN * cutoff
     whitener = whitening(close)
-    assert np.abs(np.tril(whitener, -1)).max() > 0  # eigenvectors, not a triangular factor
+    assert whitener.shape == (10, 10) and not np.tril(whitener, -1).any()  # the eigen route, made triangular
     np.testing.assert_allclose(whitener @ whitener.T, pinvh(close), rtol=1e-6, atol=1e-6)
+    # Mahalanobis scores it through the triangular product, like a Cholesky whitening
+    fit = Features(layers={"penultimate": h}, labels=labels)
+    test, _ = labelled(30, 10, 3, seed=4)
+    means = np.stack([h[labels == c].mean(axis=0) for c in range(3)])
+    diff = test[:, None, :] - means[None]
+    expected = np.einsum("nkd,de,nke->nk", diff, pinvh(close), diff).min(axis=1)
+    scores = Mahalanobis().fit(fit).score(Features(layers={"penultimate": test})).scores
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def test_a_square_whitening_that_is_not_triangular_is_refused():
+    h, labels = labelled(300, 8, 3)
+    det = Mahalanobis().fit(Features(layers={"penultimate": h}, labels=labels))
+    det._check_state()
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(8, 8)))[0]
+    det.whitening_ = det.whitening_ @ rotation  # the same W Wᵀ, but the triangular product would be wrong
+    with pytest.raises(ValueError, match="whitening_ is square but not upper triangular"):
+        det._check_state()
 
 
 def test_whitening_update_whitens_the_low_rank_update():

@@ -24,6 +24,7 @@ from .._sharing import shared
 
 __all__ = [
     "ClassStatistics",
+    "check_whitening",
     "class_statistics",
     "rank_update",
     "whitening",
@@ -201,17 +202,20 @@ def whitening(covariance: Any) -> np.ndarray:
       ``CHOLESKY_MARGIN`` (10³) times ``D · eps · max_i Σ_ii``, the pseudo-inverse's cut-off below;
     - **pseudo-inverse** otherwise (e.g. dead units, duplicated units, fewer samples than dimensions): the
       eigenvectors over the square roots of the eigenvalues above ``D · eps · λ_max`` (the cut-off of
-      ``scipy.linalg.pinvh``), W [D, r]; directions without variance in the fit data are ignored.
+      ``scipy.linalg.pinvh``), W [D, r]; directions without variance in the fit data are ignored. When no
+      eigenvalue is dropped (r = D), W is brought to upper-triangular form by an RQ decomposition
+      (W = R Q, Q orthogonal, so R Rᵀ = W Wᵀ).
 
     Both give the same distances ``‖(h − μ) W‖²`` up to rounding when Σ is invertible; the Cholesky route
-    costs a small fraction of an eigendecomposition. Inside :func:`~oodscope._sharing.sharing` the
-    whitening of a given covariance array is computed once.
+    costs a small fraction of an eigendecomposition. A square W is always upper triangular
+    (:func:`check_whitening`), so whitening costs a triangular product, half a full one. Inside
+    :func:`~oodscope._sharing.sharing` the whitening of a given covariance array is computed once.
     """
     return shared("whitening", (covariance,), lambda: _whitening(covariance))
 
 
 def _whitening(covariance: Any) -> np.ndarray:
-    from scipy.linalg import eigh, lapack
+    from scipy.linalg import eigh, lapack, rq
 
     sigma = np.asarray(covariance, dtype=np.float64)
     dim = sigma.shape[0]
@@ -227,7 +231,21 @@ def _whitening(covariance: Any) -> np.ndarray:
     eigenvalues, eigenvectors = eigh(sigma, driver="evd", check_finite=False)
     largest = max(float(eigenvalues[-1]), 0.0)
     keep = eigenvalues > largest * dim * np.finfo(np.float64).eps
-    return np.asfortranarray(eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]))
+    factor = eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
+    if keep.all():  # square: the triangular form, as from the Cholesky route
+        factor = rq(factor, mode="r", check_finite=False)
+    return np.asfortranarray(factor)
+
+
+def check_whitening(whitener: Any, owner: str) -> None:
+    """Raise a ``ValueError`` when a square whitening is not upper triangular, as :func:`whitening` returns
+    it and the triangular products assume (e.g. a tampered detector file)."""
+    whitener = np.asarray(whitener)
+    if whitener.ndim == 2 and whitener.shape[0] == whitener.shape[1] and np.tril(whitener, -1).any():
+        raise ValueError(
+            f"{owner}.whitening_ is square but not upper triangular; a square whitening is always the "
+            "upper-triangular factor W with W Wᵀ = Σ⁻¹. Refit the detector."
+        )
 
 
 def whitening_update(whitener: Any, directions: Any) -> np.ndarray:
