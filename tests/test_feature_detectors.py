@@ -155,6 +155,31 @@ def test_rmds_is_class_distance_minus_background_distance():
     np.testing.assert_allclose(det.background_mean_, fit_h.mean(axis=0), rtol=1e-12)
 
 
+def test_mahalanobis_and_rmds_plus_plus_work_on_unit_feature_vectors():
+    """normalize=True (Mahalanobis++, RMDS++): the plain methods on h / ‖h‖, fit and score alike."""
+
+    def unit(features: Features) -> Features:
+        h = features.layer("penultimate")
+        return Features(
+            layers={"penultimate": h / np.linalg.norm(h, axis=1, keepdims=True)}, labels=features.labels
+        )
+
+    fit_unit, test_unit = unit(FIT), unit(TEST)
+    means, covariance = tied_reference(fit_unit)
+    h = test_unit.layer("penultimate")
+    expected = np.min([covariance.mahalanobis(h - mean) for mean in means], axis=0)
+    np.testing.assert_allclose(Mahalanobis(normalize=True).fit(FIT).score(TEST).scores, expected, rtol=1e-8)
+    background = EmpiricalCovariance().fit(fit_unit.layer("penultimate"))
+    expected_rmds = expected - background.mahalanobis(h)
+    scores = RMDS(normalize=True).fit(FIT).score(TEST).scores
+    np.testing.assert_allclose(scores, expected_rmds, rtol=1e-7, atol=1e-7 * np.abs(expected_rmds).max())
+    # the scale of a feature vector no longer matters
+    scaled = Features(layers={"penultimate": TEST.layer("penultimate") * 7.0})
+    np.testing.assert_allclose(
+        RMDS(normalize=True).fit(FIT).score(scaled).scores, scores, rtol=1e-9, atol=1e-9
+    )
+
+
 @pytest.mark.parametrize("cls", [Mahalanobis, RMDS, SHE])
 def test_label_needing_detectors_say_so(cls):
     with pytest.raises(ValueError, match=f"{cls.__name__} needs class labels of the fit data"):

@@ -233,6 +233,16 @@ def test_inside_the_context_the_statistics_are_computed_once(calls):
     assert shared[0].covariance_ is shared[1].covariance_
 
 
+def test_normalising_detectors_share_the_normalised_features_and_their_statistics(calls):
+    fit, test = features(0), features(1)
+    with sharing():
+        plain = [Mahalanobis().fit(fit), RMDS().fit(fit)]
+        normalised = [Mahalanobis(normalize=True).fit(fit), RMDS(normalize=True).fit(fit)]
+        for detector in plain + normalised:
+            detector.score(test)
+    assert calls["scatter"] == 2 and calls["whitening"] == 2  # one each for h and for h / ‖h‖
+
+
 def test_outside_the_context_nothing_is_cached(calls):
     fit = features(0)
     h = fit.layer("penultimate")

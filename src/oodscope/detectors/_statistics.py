@@ -26,6 +26,7 @@ __all__ = [
     "ClassStatistics",
     "check_whitening",
     "class_statistics",
+    "normalized_rows",
     "rank_update",
     "whitening",
     "whitening_update",
@@ -189,6 +190,30 @@ def _class_sums(classes: np.ndarray, values: np.ndarray, n_classes: int) -> np.n
         shape=(n_classes, len(classes)),
     )
     return np.asarray(one_hot @ values)
+
+
+def normalized_rows(features: Any) -> np.ndarray:
+    """The rows of ``features`` [N, D] divided by their L2 norms (computed in float64; zero rows stay zero),
+    in the features' float dtype (float64 for integer input): Mahalanobis++ and RMDS++ fit and score on
+    these. Inside :func:`~oodscope._sharing.sharing` it is computed once per array, so that detectors
+    normalising the same features also share their statistics.
+
+    >>> normalized_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    array([[0.6, 0.8],
+           [0. , 0. ]])
+    """
+    return shared("normalized_rows", (features,), lambda: _normalized_rows(features))
+
+
+def _normalized_rows(features: Any) -> np.ndarray:
+    h = np.asarray(features)
+    out = np.empty(h.shape, dtype=h.dtype if h.dtype in (np.float32, np.float64) else np.float64)
+    rows = max(1, SCATTER_BLOCK_BYTES // (8 * max(h.shape[1], 1)))
+    for start in range(0, h.shape[0], rows):
+        block = h[start : start + rows].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        out[start : start + rows] = block / np.where(norms > 0, norms, 1.0)[:, None]
+    return out
 
 
 # --- whitening ------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from .._params import Options
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
-from ._statistics import check_whitening, class_statistics, shared, whitening
+from ._statistics import check_whitening, class_statistics, normalized_rows, shared, whitening
 
 __all__ = ["Mahalanobis", "nearest_class_distance", "class_statistics", "mahalanobis_distances", "whitening"]
 
@@ -86,6 +87,11 @@ class Mahalanobis(_LayerwiseDetector):
         ``("penultimate",)`` by default).
     aggregator : Aggregator, optional
         Combines the per-layer scores when several layers are used (required then).
+    normalize : bool, default=False
+        L2-normalise each feature vector before everything else (fit and score), ĥ = h / ‖h‖: the "++"
+        variant of Müller & Hein, "Mahalanobis++: Improving OOD Detection via Feature Normalization",
+        ICML 2025 (https://arxiv.org/abs/2505.18032), which makes the tied-covariance Gaussian fit features
+        whose norms vary widely (strongest on ViT and Swin backbones).
 
     Attributes
     ----------
@@ -119,20 +125,34 @@ class Mahalanobis(_LayerwiseDetector):
         "whitening_": ("D", "r"),
     }
 
+    _parameter_constraints = {
+        **_LayerwiseDetector._parameter_constraints,
+        "normalize": Options([True, False]),
+    }
+
     def __init__(
-        self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None
+        self,
+        layers: Sequence[Hashable] | None = None,
+        aggregator: Aggregator | None = None,
+        normalize: bool = False,
     ) -> None:
         self.layers = layers
         self.aggregator = aggregator
+        self.normalize = normalize
+
+    def _layer_values(self, h: np.ndarray) -> np.ndarray:
+        """The layer's features as fitted and scored: L2-normalised rows when ``normalize``."""
+        return normalized_rows(h) if self.normalize else h
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
-        statistics = class_statistics(h, features.labels)
+        statistics = class_statistics(self._layer_values(h), features.labels)
         self.classes_, self.class_means_ = statistics.classes, statistics.means
         self.covariance_ = statistics.covariance
         self.whitening_ = whitening(self.covariance_)
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
         square = self.whitening_.shape[0] == self.whitening_.shape[1]  # then upper triangular
+        h = self._layer_values(h)
         return nearest_class_distance(h, self.class_means_, self.whitening_, triangular=square).copy()
 
     def _check_state(self) -> None:

@@ -6,9 +6,10 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from .._params import Options
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
-from ._statistics import class_statistics, rank_update, whitening, whitening_update
+from ._statistics import class_statistics, normalized_rows, rank_update, whitening, whitening_update
 from .mahalanobis import mahalanobis_distances, nearest_class_distance
 
 __all__ = ["RMDS"]
@@ -50,6 +51,11 @@ class RMDS(_LayerwiseDetector):
         ``("penultimate",)`` by default).
     aggregator : Aggregator, optional
         Combines the per-layer scores when several layers are used (required then).
+    normalize : bool, default=False
+        L2-normalise each feature vector before everything else (fit and score), ĥ = h / ‖h‖: the "++"
+        variant of Müller & Hein, "Mahalanobis++: Improving OOD Detection via Feature Normalization",
+        ICML 2025 (https://arxiv.org/abs/2505.18032), which makes the tied-covariance Gaussian fit features
+        whose norms vary widely (strongest on ViT and Swin backbones).
 
     Attributes
     ----------
@@ -100,13 +106,27 @@ class RMDS(_LayerwiseDetector):
         "background_directions_": ("D", "K"),
     }
 
+    _parameter_constraints = {
+        **_LayerwiseDetector._parameter_constraints,
+        "normalize": Options([True, False]),
+    }
+
     def __init__(
-        self, layers: Sequence[Hashable] | None = None, aggregator: Aggregator | None = None
+        self,
+        layers: Sequence[Hashable] | None = None,
+        aggregator: Aggregator | None = None,
+        normalize: bool = False,
     ) -> None:
         self.layers = layers
         self.aggregator = aggregator
+        self.normalize = normalize
+
+    def _layer_values(self, h: np.ndarray) -> np.ndarray:
+        """The layer's features as fitted and scored: L2-normalised rows when ``normalize``."""
+        return normalized_rows(h) if self.normalize else h
 
     def _fit_layer(self, h: np.ndarray, features: Features) -> None:
+        h = self._layer_values(h)
         statistics = class_statistics(h, features.labels)
         if statistics.classes.size < 2:
             raise ValueError(
@@ -134,6 +154,7 @@ class RMDS(_LayerwiseDetector):
             self.relative_directions_, self.relative_offsets_, self.background_directions_ = form
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
+        h = self._layer_values(h)
         if hasattr(self, "relative_directions_"):  # Σ invertible: the linear form
             directions = np.hstack([self.relative_directions_, self.background_directions_])
             constants, n_classes = self.relative_offsets_, self.classes_.size
