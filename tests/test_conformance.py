@@ -231,3 +231,20 @@ def test_threshold_keeps_the_requested_share_of_id(cls, toy):
     assert det.predict(toy["ood"]).mean() > 0.5
     p = det.pvalues(toy["ood"])
     assert ((p > 0) & (p <= 1)).all() and np.median(p) < np.median(det.pvalues(toy["id"]))
+
+
+def test_search_space_is_a_grid_of_valid_settings(cls):
+    from oodscope.bench.tune import parameter_candidates
+
+    space = cls.search_space
+    assert isinstance(space, (dict, list))
+    for candidate in parameter_candidates(space):
+        assert set(candidate) <= set(cls._param_names())
+        cls().set_params(**candidate)._validate_params()
+
+
+def test_tune_runs_a_search_space(toy):
+    from oodscope import GEN, tune
+
+    result = tune(GEN(), GEN.search_space, None, toy["id"], toy["ood"], errors="raise")
+    assert len(result.table) == 7 * 6

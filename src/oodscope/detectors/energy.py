@@ -53,6 +53,8 @@ class Energy(Detector):
     requires = frozenset({"logits"})
     needs_fit = False
     _parameter_constraints = _CONSTRAINTS
+    #: OpenOOD's sweep (``configs/postprocessors/ebo.yml``), tuned on OOD validation data
+    search_space = {"temperature": [1.0, 10.0, 100.0, 1000.0]}
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = temperature

@@ -69,6 +69,8 @@ class GEN(Detector):
     requires = frozenset({"logits"})
     needs_fit = False
     _parameter_constraints = _CONSTRAINTS
+    #: OpenOOD's sweep (``configs/postprocessors/gen.yml``, its M is k), tuned on OOD validation data
+    search_space = {"gamma": [0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0], "k": [10, 50, 100, 200, 500, 1000]}
 
     def __init__(self, gamma: float = 0.1, k: int = 100) -> None:
         self.gamma = gamma

@@ -117,6 +117,8 @@ class KNN(_LayerwiseDetector):
         "n_probe": AnyOf(Interval(int, 1, None), Options([None])),
         **_LayerwiseDetector._parameter_constraints,
     }
+    #: OpenOOD's sweep (``configs/postprocessors/knn.yml``: the paper's k = 50 only), on OOD validation data
+    search_space = {"k": [50]}
     _state_shapes = {"fit_vectors_": ("N", "D"), "ivf_index_": ("B",), "n_lists_": (), "n_probe_": ()}
 
     def __init__(

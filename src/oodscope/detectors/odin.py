@@ -72,6 +72,12 @@ class ODIN(Detector):
     requires = frozenset({"logits"})
     needs_fit = False
     _parameter_constraints = _CONSTRAINTS
+    #: the paper's own search (Liang et al., section 4): T in {1, 2, 5, ..., 1000} and 21 evenly spaced eps in
+    #: [0, 0.004], tuned on OOD validation data; each eps costs one gradient pass per dataset
+    search_space = {
+        "temperature": [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+        "eps": [round(0.0002 * i, 4) for i in range(21)],
+    }
     _features_only_params = {"eps": 0.0}
 
     def __init__(self, temperature: float = 1000.0, eps: float = 0.0014) -> None:

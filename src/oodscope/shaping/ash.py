@@ -109,6 +109,8 @@ class ASH(_Shaping):
         "percentile": _PERCENTILE,
         "variant": _VARIANT,
     }
+    #: OpenOOD's sweep (``configs/postprocessors/ash.yml``), tuned on OOD validation data
+    search_space = {"percentile": [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]}
 
     def __init__(
         self, detector: Detector | None = None, percentile: float = 90.0, variant: str = "s"

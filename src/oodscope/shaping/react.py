@@ -62,6 +62,8 @@ class ReAct(_Shaping):
 
     needs_fit = True
     _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
+    #: OpenOOD's sweep (``configs/postprocessors/react.yml``: the paper's 90 only), on OOD validation data
+    search_space = {"percentile": [90.0]}
 
     _state_shapes = {"clip_value_": ()}
 

@@ -76,6 +76,8 @@ class SCALE(_Shaping):
     needs_fit = False
     _non_negative = True
     _parameter_constraints = {"detector": _DETECTOR, "percentile": _PERCENTILE}
+    #: OpenOOD's sweep (``configs/postprocessors/scale.yml``), tuned on OOD validation data
+    search_space = {"percentile": [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]}
 
     def __init__(self, detector: Detector | None = None, percentile: float = 85.0) -> None:
         self.detector = detector
