@@ -18,7 +18,8 @@ def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int
     """Linearly separable ID classes around class means; OOD points around the origin.
 
     The head W has the class means as rows, so ID logits are peaked and OOD logits are flat: every
-    detector, logit- or feature-based, should give OOD the higher scores.
+    detector, logit- or feature-based, should give OOD the higher scores. As in real training data, a few
+    fit labels (3 %) are wrong, so that a method fitting a likelihood to them (TempScale) has an optimum.
     """
     rng = np.random.default_rng(seed)
     means = np.zeros((n_classes, dim))
@@ -27,9 +28,11 @@ def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int
     weight = means / 2.0
     bias = rng.normal(0, 0.1, n_classes)
 
-    def sample_id(n_each: int) -> Features:
+    def sample_id(n_each: int, wrong: float = 0.0) -> Features:
         labels = np.repeat(np.arange(n_classes), n_each)
         feats = np.maximum(means[labels] + rng.normal(0, 0.7, (labels.size, dim)), 0.0)  # post-ReLU
+        flipped = rng.random(labels.size) < wrong
+        labels[flipped] = (labels[flipped] + rng.integers(1, n_classes, flipped.sum())) % n_classes
         return Features(
             logits=feats @ weight.T + bias,
             layers={"penultimate": feats},
@@ -45,7 +48,7 @@ def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int
         head_weight=weight,
         head_bias=bias,
     )
-    return {"fit": sample_id(n_per_class), "id": sample_id(n_per_class // 2), "ood": ood}
+    return {"fit": sample_id(n_per_class, wrong=0.03), "id": sample_id(n_per_class // 2), "ood": ood}
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -75,10 +74,10 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     The NLL is convex in β = 1/T (its second derivative is a sum of variances), so its minimiser is the root
     of the first derivative: found by Newton's method on β, safeguarded by bisection (in log β) within
     T ∈ [s / 10⁴, s · 10⁴], s the RMS over samples of the logits' standard deviation across classes; it
-    converges to machine precision in a handful of passes. When the minimum lies outside that range, T is
-    the nearest end, with a warning: a fit set classified entirely correctly has no minimum at all (the NLL
-    falls as T → 0), one no better than uniform has it at T → ∞. Logits that are constant in every row
-    (one class, say) leave T undetermined: 1.
+    converges to machine precision in a handful of passes. When the minimum lies outside that range, there is
+    no useful T and a ``ValueError`` says why: a fit set classified entirely correctly has no minimum at all
+    (the NLL falls as T → 0, where every confident score is −1), one no better than uniform has it at
+    T → ∞. Logits that are constant in every row (one class, say) leave T undetermined: 1.
 
     >>> logits = np.array([[2.0, 0.0]] * 4)  # 3 of 4 labelled 0: sigmoid(2 / T) = 3/4, T = 2 / log 3
     >>> round(fit_temperature(logits, [0, 0, 0, 1]), 6), round(2 / float(np.log(3)), 6)
@@ -86,15 +85,11 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     """
     z = as_logits(logits)
     labels = _class_indices(labels, z.shape[0], z.shape[1], "fit_temperature")
-    temperature, problem = _solve_temperature(z, labels)
-    if problem:
-        warnings.warn(problem, stacklevel=2)
-    return temperature
+    return _solve_temperature(z, labels)
 
 
-def _solve_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[float, str | None]:
-    """:func:`fit_temperature` on checked float64 logits and label indices: T, and what went wrong (the
-    warning's text) when the minimum is not inside the search range."""
+def _solve_temperature(z: np.ndarray, labels: np.ndarray) -> float:
+    """:func:`fit_temperature` on checked float64 logits and label indices."""
     n, n_classes = z.shape
     if n == 0:
         raise ValueError("fit_temperature needs at least one labelled sample; got 0.")
@@ -106,12 +101,13 @@ def _solve_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[float, str | 
         wrong += int(np.count_nonzero(block[np.arange(len(block)), labels[rows]] < block.max(axis=1)))
     spread = np.sqrt(spread_squared / n)
     if spread == 0.0:  # every row constant: softmax(z / T) is uniform whatever T is
-        return 1.0, None
+        return 1.0
     low, high = 1.0 / (spread * _SPAN), _SPAN / spread  # the bracket in β = 1/T
     if _nll_slope(z, labels, low)[0] >= 0.0:
-        return 1.0 / low, (
-            f"TempScale: the NLL of the {n} fit samples keeps falling as T grows (their logits predict the "
-            f"labels no better than a uniform guess); T is set to the end of the search range, {1 / low:.4g}."
+        raise ValueError(
+            f"TempScale: the NLL of the {n} fit samples keeps falling as T grows past {1 / low:.4g} (their "
+            "logits predict the labels no better than a uniform guess), so no temperature fits them. Check "
+            "that the labels belong to the logits (same samples, same class order)."
         )
     if _nll_slope(z, labels, high)[0] <= 0.0:
         reason = (
@@ -119,11 +115,10 @@ def _solve_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[float, str | 
             if wrong == 0
             else f"its minimum lies below the search range although {wrong} are misclassified"
         )
-        return 1.0 / high, (
-            f"TempScale: the NLL of the {n} fit samples keeps falling as T -> 0 ({reason}); T is set to the "
-            f"end of the search range, {1 / high:.4g}, where the scores of confident samples round to -1. "
-            "Fit on held-out labelled data on which the model makes some mistakes (the paper uses the "
-            "validation split)."
+        raise ValueError(
+            f"TempScale: the NLL of the {n} fit samples keeps falling as T -> 0 ({reason}), and at such a T "
+            "every confident score is -1. Fit on held-out labelled data on which the model makes some "
+            "mistakes (the paper uses the validation split), not on the training data."
         )
     beta = 1.0 if low < 1.0 < high else np.sqrt(low * high)
     eps = np.finfo(np.float64).eps
@@ -143,7 +138,7 @@ def _solve_temperature(z: np.ndarray, labels: np.ndarray) -> tuple[float, str | 
             beta = np.sqrt(low * high)
         if high - low <= 4 * eps * high:
             break
-    return float(1.0 / beta), None
+    return float(1.0 / beta)
 
 
 class TempScale(Detector):
@@ -163,8 +158,7 @@ class TempScale(Detector):
     so depends on the starting point; the paper defines T as the minimiser, which is what is computed here.
     OpenOOD fits on the ID validation split, as the paper does: fit on held-out labelled ID data, not on the
     training data. On data the model classifies without a single error the NLL has no minimum (it falls as
-    T → 0): T is then set to the low end of the search range, with a warning, and the scores of confident
-    samples all round to −1.
+    T → 0, where every confident score is −1): fit then raises a ``ValueError`` saying so.
 
     No hyperparameters; OpenOOD sweeps nothing (``search_space = {}``, no APS).
 
@@ -197,9 +191,7 @@ class TempScale(Detector):
     def _fit(self, features: Features) -> None:
         logits = as_logits(features.logits)
         labels = _class_indices(features.labels, len(logits), logits.shape[1], type(self).__name__)
-        self.temperature_, problem = _solve_temperature(logits, labels)
-        if problem:
-            warnings.warn(problem, stacklevel=4)
+        self.temperature_ = _solve_temperature(logits, labels)
 
     def _score(self, features: Features) -> np.ndarray:
         return tempscale_score(features.logits, self.temperature_)
