@@ -75,10 +75,11 @@ class VRA(_Shaping):
     by default); here the paper's rule (zero below α) with per-unit thresholds by default, as in the paper's
     CIFAR runs (60th and 90th percentiles of the training features for VRA on CIFAR-10; 60 and 95 on
     CIFAR-100). The paper's ImageNet runs use hand-set constants (α = 0.5, β = 1.0 on ResNet-50), which
-    percentiles can only approximate. ``search_space`` is OpenOOD's grid (tuned on OOD validation data, APS
-    mode): percentile_high ∈ {85, 90, 95, 99} × percentile_low ∈ {1, 5, 10, 15}; it was made for the clamping
-    rule, and the paper's own grid is percentile_low ∈ {50, 60, 65, 70} × percentile_high ∈ {80, 85, 90, 95,
-    99} (γ ∈ {0.2, ..., 0.7} for VRA+), tuned on Gaussian-noise images.
+    percentiles can only approximate. ``search_space`` is the paper's grid, percentile_low ∈ {50, 60, 65,
+    70} × percentile_high ∈ {80, 85, 90, 95, 99} (γ ∈ {0.2, ..., 0.7} for VRA+), which the paper tunes on
+    Gaussian-noise images; OpenOOD's grid (percentile_high ∈ {85, 90, 95, 99} × percentile_low ∈ {1, 5, 10,
+    15}, tuned on OOD validation data) was made for its clamping rule, under which low percentiles of 1-15
+    zero almost nothing of ReLU features, so it does not carry over to the paper's rule.
 
     Parameters
     ----------
@@ -114,7 +115,7 @@ class VRA(_Shaping):
     """
 
     needs_fit = True
-    search_space = {"percentile_high": [85, 90, 95, 99], "percentile_low": [1, 5, 10, 15]}
+    search_space = {"percentile_low": [50, 60, 65, 70], "percentile_high": [80, 85, 90, 95, 99]}
     _parameter_constraints = {
         "detector": _DETECTOR,
         "percentile_low": _PERCENTILE,
