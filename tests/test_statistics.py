@@ -13,7 +13,13 @@ from sklearn.covariance import EmpiricalCovariance
 from oodscope import Features
 from oodscope._sharing import sharing
 from oodscope.detectors import _statistics
-from oodscope.detectors._statistics import class_statistics, whitening, whitening_update
+from oodscope.detectors._statistics import (
+    class_statistics,
+    in_range,
+    whitener_form,
+    whitening,
+    whitening_update,
+)
 from oodscope.detectors.mahalanobis import Mahalanobis
 from oodscope.detectors.rmds import RMDS
 from oodscope.detectors.vim import ViM
@@ -117,14 +123,29 @@ def test_whitening_falls_back_to_the_pseudo_inverse():
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
-def test_a_square_whitening_that_is_not_triangular_is_refused():
+def test_any_whitening_scores_alike_triangular_or_not():
+    """The triangular product is used only where W's live rows are upper triangular: a rotated W (same
+    W Wᵀ, as a file might hold) scores the same through a full product."""
     h, labels = labelled(300, 8, 3)
+    test, _ = labelled(40, 8, 3, seed=1)
     det = Mahalanobis().fit(Features(layers={"penultimate": h}, labels=labels))
-    det._check_state()
+    assert whitener_form(det.whitening_).triangular
+    scores = det.score(Features(layers={"penultimate": test})).scores
     rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(8, 8)))[0]
-    det.whitening_ = det.whitening_ @ rotation  # the same W Wᵀ, but the triangular product would be wrong
-    with pytest.raises(ValueError, match="whitening_ is square but not upper triangular"):
-        det._check_state()
+    det.whitening_ = det.whitening_ @ rotation
+    assert not whitener_form(det.whitening_).triangular
+    np.testing.assert_allclose(det.score(Features(layers={"penultimate": test})).scores, scores, rtol=1e-10)
+
+
+def test_dead_units_are_set_aside_and_the_live_ones_whitened_by_cholesky():
+    h, labels = labelled(400, 10, 3)
+    h[:, [2, 7]] = 0.0
+    covariance = class_statistics(h, labels).covariance
+    whitener = whitening(covariance)
+    assert whitener.shape == (10, 8) and not whitener[[2, 7]].any()
+    form = whitener_form(whitener)
+    assert form.triangular and form.live.tolist() == [0, 1, 3, 4, 5, 6, 8, 9]
+    np.testing.assert_allclose(whitener @ whitener.T, pinvh(covariance), rtol=1e-10, atol=1e-12)
 
 
 def test_whitening_update_whitens_the_low_rank_update():
@@ -134,8 +155,15 @@ def test_whitening_update_whitens_the_low_rank_update():
     updated = whitening_update(whitening(covariance), directions)
     expected = np.linalg.inv(covariance + directions @ directions.T)
     np.testing.assert_allclose(updated @ updated.T, expected, rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="square"):
-        whitening_update(np.ones((12, 11)), directions)
+    # with dead units and directions 0 on them: the pseudo-inverse of the update
+    h[:, :2] = 0.0
+    covariance = class_statistics(h, labels).covariance
+    directions[:2] = 0.0
+    whitener = whitening(covariance)
+    assert in_range(whitener, directions) and not in_range(whitener, np.ones((12, 1)))
+    updated = whitening_update(whitener, directions)
+    expected = pinvh(covariance + directions @ directions.T)
+    np.testing.assert_allclose(updated @ updated.T, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_rmds_with_dead_units_matches_pseudo_inverses():
@@ -143,6 +171,7 @@ def test_rmds_with_dead_units_matches_pseudo_inverses():
     h[:, :2] = 0.0
     test, _ = labelled(40, 10, 3, seed=1)
     det = RMDS().fit(Features(layers={"penultimate": h}, labels=labels))
+    assert hasattr(det, "relative_directions_")  # the means are 0 on the dead units: the linear form
     classes, means, covariance = reference(h, labels)
     background = np.cov(h, rowvar=False, bias=True)
     precision, background_precision = pinvh(covariance), pinvh(background)
@@ -150,6 +179,24 @@ def test_rmds_with_dead_units_matches_pseudo_inverses():
     class_part = np.einsum("nkd,de,nke->nk", diff, precision, diff).min(axis=1)
     centred = test - h.mean(axis=0)
     expected = class_part - np.einsum("nd,de,ne->n", centred, background_precision, centred)
+    scores = det.score(Features(layers={"penultimate": test})).scores
+    np.testing.assert_allclose(scores, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_rmds_when_the_class_means_differ_where_sigma_has_no_variance():
+    """A unit constant within each class but not across them: Σ is singular where the means differ, so the
+    linear form does not apply and the two pseudo-inverse distances are subtracted."""
+    h, labels = labelled(500, 10, 3)
+    h[:, 0] = labels.astype(float)
+    test, _ = labelled(40, 10, 3, seed=1)
+    det = RMDS().fit(Features(layers={"penultimate": h}, labels=labels))
+    assert not hasattr(det, "relative_directions_")
+    _, means, covariance = reference(h, labels)
+    background = np.cov(h, rowvar=False, bias=True)
+    diff = test[:, None, :] - means[None]
+    class_part = np.einsum("nkd,de,nke->nk", diff, pinvh(covariance), diff).min(axis=1)
+    centred = test - h.mean(axis=0)
+    expected = class_part - np.einsum("nd,de,ne->n", centred, pinvh(background), centred)
     scores = det.score(Features(layers={"penultimate": test})).scores
     np.testing.assert_allclose(scores, expected, rtol=1e-8, atol=1e-8)
 

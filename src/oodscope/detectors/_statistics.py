@@ -24,10 +24,12 @@ from .._sharing import shared
 
 __all__ = [
     "ClassStatistics",
-    "check_whitening",
+    "WhitenerForm",
     "class_statistics",
+    "in_range",
     "normalized_rows",
     "rank_update",
+    "whitener_form",
     "whitening",
     "whitening_update",
 ]
@@ -222,27 +224,42 @@ def _normalized_rows(features: Any) -> np.ndarray:
 def whitening(covariance: Any) -> np.ndarray:
     """A factor W with W Wᵀ = Σ⁻¹ (or the pseudo-inverse Σ⁺ when Σ is singular), Fortran-ordered float64.
 
-    - **Cholesky** (the rule when Σ is well conditioned): Σ = UᵀU with U upper triangular, W = U⁻¹ [D, D]
-      (upper triangular). Used when the factorisation succeeds and every pivot U_ii² exceeds
-      ``CHOLESKY_MARGIN`` (10³) times ``D · eps · max_i Σ_ii``, the pseudo-inverse's cut-off below;
-    - **pseudo-inverse** otherwise (e.g. dead units, duplicated units, fewer samples than dimensions): the
-      eigenvectors over the square roots of the eigenvalues above ``D · eps · λ_max`` (the cut-off of
-      ``scipy.linalg.pinvh``), W [D, r]; directions without variance in the fit data are ignored. When no
-      eigenvalue is dropped (r = D), W is brought to upper-triangular form by an RQ decomposition
-      (W = R Q, Q orthogonal, so R Rᵀ = W Wᵀ).
+    Units without variance (dead units: Σ_ii = 0, so their row and column are 0) are set aside first: their
+    rows of W are 0, and the rest is the whitening of the live units' covariance, found by
 
-    Both give the same distances ``‖(h − μ) W‖²`` up to rounding when Σ is invertible; the Cholesky route
-    costs a small fraction of an eigendecomposition. A square W is always upper triangular
-    (:func:`check_whitening`), so whitening costs a triangular product, half a full one. Inside
+    - **Cholesky** (the rule when that covariance is well conditioned): Σ = UᵀU with U upper triangular,
+      W = U⁻¹ (upper triangular). Used when the factorisation succeeds and every pivot U_ii² exceeds
+      ``CHOLESKY_MARGIN`` (10³) times ``D · eps · max_i Σ_ii``, the pseudo-inverse's cut-off below;
+    - **pseudo-inverse** otherwise (duplicated units, fewer samples than dimensions): the eigenvectors over
+      the square roots of the eigenvalues above ``D · eps · λ_max`` (the cut-off of ``scipy.linalg.pinvh``);
+      directions without variance in the fit data are ignored. When no eigenvalue is dropped, the factor is
+      brought to upper-triangular form by an RQ decomposition (W = R Q, Q orthogonal, so R Rᵀ = W Wᵀ).
+
+    So W is [D, r], r the rank of Σ, and its live rows form an upper-triangular [r, r] factor unless Σ is
+    singular beyond its dead units: whitening then costs a triangular product (:func:`whitener_form`), half
+    a full one. Both routes give the same distances ``‖(h − μ) W‖²`` up to rounding when Σ is invertible;
+    the Cholesky route costs a small fraction of an eigendecomposition. Inside
     :func:`~oodscope._sharing.sharing` the whitening of a given covariance array is computed once.
     """
     return shared("whitening", (covariance,), lambda: _whitening(covariance))
 
 
 def _whitening(covariance: Any) -> np.ndarray:
+    sigma = np.asarray(covariance, dtype=np.float64)
+    dim = sigma.shape[0]
+    live = np.flatnonzero(np.diagonal(sigma) > 0)
+    if live.size == dim:
+        return np.asfortranarray(_live_whitening(sigma))
+    factor = _live_whitening(sigma[np.ix_(live, live)])
+    embedded = np.zeros((dim, factor.shape[1]), order="F")
+    embedded[live] = factor
+    return embedded
+
+
+def _live_whitening(sigma: np.ndarray) -> np.ndarray:
+    """The whitening of a covariance without dead units (see :func:`whitening`)."""
     from scipy.linalg import eigh, lapack, rq
 
-    sigma = np.asarray(covariance, dtype=np.float64)
     dim = sigma.shape[0]
     if dim == 0:
         return np.zeros((0, 0), order="F")
@@ -252,39 +269,52 @@ def _whitening(covariance: Any) -> np.ndarray:
     if info == 0 and np.diagonal(upper).min() ** 2 > CHOLESKY_MARGIN * cutoff:
         inverse, info = lapack.dtrtri(upper, lower=0, overwrite_c=1)
         if info == 0:
-            return np.asfortranarray(inverse)
+            return inverse
     eigenvalues, eigenvectors = eigh(sigma, driver="evd", check_finite=False)
     largest = max(float(eigenvalues[-1]), 0.0)
     keep = eigenvalues > largest * dim * np.finfo(np.float64).eps
     factor = eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
     if keep.all():  # square: the triangular form, as from the Cholesky route
         factor = rq(factor, mode="r", check_finite=False)
-    return np.asfortranarray(factor)
+    return factor
 
 
-def check_whitening(whitener: Any, owner: str) -> None:
-    """Raise a ``ValueError`` when a square whitening is not upper triangular, as :func:`whitening` returns
-    it and the triangular products assume (e.g. a tampered detector file)."""
-    whitener = np.asarray(whitener)
-    if whitener.ndim == 2 and whitener.shape[0] == whitener.shape[1] and np.tril(whitener, -1).any():
-        raise ValueError(
-            f"{owner}.whitening_ is square but not upper triangular; a square whitening is always the "
-            "upper-triangular factor W with W Wᵀ = Σ⁻¹. Refit the detector."
-        )
+class WhitenerForm(NamedTuple):
+    """How to apply a whitening W [D, r] (see :func:`whitener_form`)."""
+
+    live: np.ndarray | None  # indices of the rows of W that are not all 0 (None: every row)
+    factor: np.ndarray  # W's live rows, Fortran-ordered float64
+    triangular: bool  # the factor is square and upper triangular
+
+
+def whitener_form(whitener: Any) -> WhitenerForm:
+    """The live rows of a whitening W and whether they form an upper-triangular square: then ``(h − c) W``
+    is ``(h − c)[:, live] W[live]``, a triangular product (BLAS ``trmm``, half the flops of a full one).
+    One pass over W; detectors compute it once per fitted state, and inside
+    :func:`~oodscope._sharing.sharing` it is computed once per array."""
+    return shared("whitener_form", (whitener,), lambda: _whitener_form(whitener))
+
+
+def _whitener_form(whitener: Any) -> WhitenerForm:
+    whitener = np.asarray(whitener, dtype=np.float64)
+    rows = whitener.any(axis=1)
+    live = None if rows.all() else np.flatnonzero(rows)
+    factor = np.asfortranarray(whitener if live is None else whitener[live])
+    square = factor.shape[0] == factor.shape[1]
+    return WhitenerForm(live, factor, bool(square and not np.tril(factor, -1).any()))
 
 
 def whitening_update(whitener: Any, directions: Any) -> np.ndarray:
-    """The whitening of Σ + B Bᵀ from a square whitening W of Σ (W Wᵀ = Σ⁻¹), for B [D, K] of low rank.
+    """The whitening of Σ + B Bᵀ from a whitening W [D, r] of Σ (W Wᵀ = Σ⁺), for B [D, K] of low rank whose
+    columns lie in the range of Σ (always so when Σ is invertible; see :func:`in_range`).
 
-    With C = Wᵀ B, Σ + B Bᵀ = W⁻ᵀ (I + C Cᵀ) W⁻¹, so ``W (I + C Cᵀ)^(−1/2)`` whitens it; from the thin SVD
-    C = Q S Vᵀ, ``(I + C Cᵀ)^(−1/2) = I − Q diag(1 − 1 / sqrt(1 + s²)) Qᵀ``: two [D, D] x [D, K] products
-    instead of a new factorisation. Fortran-ordered float64 [D, D].
+    With C = Wᵀ B, Σ + B Bᵀ = W⁺ᵀ (I + C Cᵀ) W⁺ on that range, so ``W (I + C Cᵀ)^(−1/2)`` whitens it; from
+    the thin SVD C = Q S Vᵀ, ``(I + C Cᵀ)^(−1/2) = I − Q diag(1 − 1 / sqrt(1 + s²)) Qᵀ``: two [D, r] x
+    [r, K] products instead of a new factorisation. Fortran-ordered float64 [D, r].
     """
     from scipy.linalg import blas, svd
 
     whitener = np.asfortranarray(whitener, dtype=np.float64)
-    if whitener.shape[0] != whitener.shape[1]:
-        raise ValueError(f"whitening_update needs a square (full-rank) whitening; got {whitener.shape}.")
     # scipy's BLAS throughout, like the factorisation before: switching to numpy's (another OpenBLAS, with
     # its own threads) costs more than these products
     projected = blas.dgemm(1.0, whitener, np.asarray(directions, dtype=np.float64), trans_a=1)  # Wᵀ B
@@ -292,6 +322,22 @@ def whitening_update(whitener: Any, directions: Any) -> np.ndarray:
     shrink = 1.0 - 1.0 / np.sqrt(1.0 + singular**2)
     # W − (W Q diag(shrink)) Qᵀ, into a copy of W
     return blas.dgemm(-1.0, blas.dgemm(1.0, whitener, basis) * shrink, basis, trans_b=1, beta=1.0, c=whitener)
+
+
+def in_range(whitener: Any, directions: Any, tolerance: float = 1e-10) -> bool:
+    """Whether the columns of ``directions`` [D, K] lie in the range of Σ, given its whitening W [D, r] from
+    :func:`whitening` (W Wᵀ = Σ⁺): their part outside it is at most ``tolerance`` of their norm. Always so
+    for an invertible Σ; with dead units, when the directions are 0 on them."""
+    form = whitener_form(whitener)
+    directions = np.asarray(directions, dtype=np.float64)
+    if form.triangular:  # the live units' covariance is invertible: the range is the live units'
+        outside = directions if form.live is None else np.delete(directions, form.live, axis=0)
+        outside = outside[:0] if form.live is None else outside
+    else:  # the eigen route: W's columns are orthogonal
+        whitener = np.asarray(whitener, dtype=np.float64)
+        basis = whitener / np.linalg.norm(whitener, axis=0)
+        outside = directions - basis @ (basis.T @ directions)
+    return bool(np.linalg.norm(outside) <= tolerance * max(np.linalg.norm(directions), np.finfo(float).tiny))
 
 
 def rank_update(symmetric: np.ndarray, directions: np.ndarray) -> np.ndarray:

@@ -10,51 +10,65 @@ import numpy as np
 from .._params import Options
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
-from ._statistics import check_whitening, class_statistics, normalized_rows, shared, whitening
+from ._statistics import (
+    WhitenerForm,
+    class_statistics,
+    normalized_rows,
+    shared,
+    whitener_form,
+    whitening,
+)
 
 __all__ = ["Mahalanobis", "nearest_class_distance", "class_statistics", "mahalanobis_distances", "whitening"]
 
 
-def mahalanobis_distances(features: Any, means: Any, whitener: Any, triangular: bool = False) -> np.ndarray:
+def mahalanobis_distances(features: Any, means: Any, whitener: Any) -> np.ndarray:
     """Squared Mahalanobis distances [N, K] of features [N, D] to each of the means [K, D].
 
-    ``d_k(h) = (h − μ_k)ᵀ P (h − μ_k)`` with ``P = W Wᵀ`` given by the whitening factor W [D, r]: the
-    features are whitened once (one [b, D] x [D, r] product per block) and compared with the K whitened
-    means, so the cost does not grow with K (no per-class product) and memory is one block. With
-    ``triangular=True``, W is square and upper triangular (as :func:`whitening` returns a square W; its
-    strictly lower part is not read) and the product is a triangular one (BLAS ``trmm``), half the flops.
+    ``d_k(h) = (h − μ_k)ᵀ P (h − μ_k)`` with ``P = W Wᵀ`` given by the whitening factor W [D, r] (or its
+    :class:`~oodscope.detectors._statistics.WhitenerForm`): the features are whitened once per block of
+    rows and compared with the K whitened means, so the cost does not grow with K (no per-class product)
+    and memory is one block. Only the columns of live units are read (W's rows of dead units are 0), and
+    when W's live rows form an upper-triangular square, as :func:`whitening` gives unless Σ is singular
+    beyond its dead units, the product is a triangular one (BLAS ``trmm``): half the flops.
     """
     from scipy.linalg import blas
 
+    form = whitener if isinstance(whitener, WhitenerForm) else whitener_form(whitener)
+    live, factor = form.live, form.factor
     means = np.asarray(means, dtype=np.float64)
-    whitener = np.asarray(whitener, dtype=np.float64)
     centre = means.mean(axis=0)  # a point near the data keeps the expansion below free of cancellation
-    whitened_means = (means - centre) @ (np.triu(whitener) if triangular else whitener)
+    offsets = means - centre
+    if live is not None:
+        offsets, centre = offsets[:, live], centre[live]
+    whitened_means = offsets @ factor
     mean_norms = (whitened_means**2).sum(axis=1)
 
-    def whiten(centred: np.ndarray) -> np.ndarray:
-        if not triangular:
-            return centred @ whitener
-        # (centred W)ᵀ = Wᵀ centredᵀ, in place: centredᵀ is the Fortran-ordered [D, b] operand BLAS reads
-        return blas.dtrmm(1.0, whitener, centred.T, lower=0, trans_a=1, overwrite_b=1).T
+    def whiten(block: np.ndarray) -> np.ndarray:
+        centred = (block if live is None else block[:, live]) - centre
+        if not form.triangular:
+            return centred @ factor
+        # (centred W)ᵀ = Wᵀ centredᵀ, in place: centredᵀ is the Fortran-ordered [r, b] operand BLAS reads
+        return blas.dtrmm(1.0, factor, centred.T, lower=0, trans_a=1, overwrite_b=1).T
 
     def distances(block: np.ndarray) -> np.ndarray:
-        z = whiten(block - centre)
+        z = whiten(block)
         squared = (z**2).sum(axis=1, keepdims=True) - 2.0 * (z @ whitened_means.T) + mean_norms
         return np.maximum(squared, 0.0)
 
     return map_row_blocks(np.asarray(features), distances)
 
 
-def nearest_class_distance(features: Any, means: Any, whitener: Any, triangular: bool = False) -> np.ndarray:
+def nearest_class_distance(
+    features: Any, means: Any, whitener: Any, form: WhitenerForm | None = None
+) -> np.ndarray:
     """The squared Mahalanobis distance [N] of each row to its nearest mean (see
-    :func:`mahalanobis_distances`). Inside :func:`~oodscope._sharing.sharing` it is
-    computed once per (features, means, whitener) objects: Mahalanobis and RMDS fitted on the same data share
-    those, so RMDS's class part costs nothing more in ``evaluate``."""
+    :func:`mahalanobis_distances`; ``form``, the whitener's :func:`whitener_form` when known). Inside
+    :func:`~oodscope._sharing.sharing` it is computed once per (features, means, whitener) objects."""
     return shared(
         "nearest_class_distance",
         (features, means, whitener),
-        lambda: mahalanobis_distances(features, means, whitener, triangular).min(axis=1),
+        lambda: mahalanobis_distances(features, means, whitener if form is None else form).min(axis=1),
     )
 
 
@@ -151,11 +165,12 @@ class Mahalanobis(_LayerwiseDetector):
         self.whitening_ = whitening(self.covariance_)
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
-        square = self.whitening_.shape[0] == self.whitening_.shape[1]  # then upper triangular
         h = self._layer_values(h)
-        return nearest_class_distance(h, self.class_means_, self.whitening_, triangular=square).copy()
+        return nearest_class_distance(h, self.class_means_, self.whitening_, self._whitener()).copy()
 
-    def _check_state(self) -> None:
-        super()._check_state()
-        if hasattr(self, "whitening_"):
-            check_whitening(self.whitening_, type(self).__name__)
+    def _whitener(self) -> WhitenerForm:
+        """The whitening's form (live units, triangular or not), computed once per fitted state."""
+        cached = getattr(self, "_form", None)
+        if cached is None or cached[0] is not self.whitening_:  # holding the array: its id is not reused
+            cached = self._form = (self.whitening_, whitener_form(self.whitening_))
+        return cached[1]

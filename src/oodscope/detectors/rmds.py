@@ -9,7 +9,14 @@ import numpy as np
 from .._params import Options
 from ..features import Features
 from ._layerwise import Aggregator, _LayerwiseDetector, map_row_blocks
-from ._statistics import class_statistics, normalized_rows, rank_update, whitening, whitening_update
+from ._statistics import (
+    class_statistics,
+    in_range,
+    normalized_rows,
+    rank_update,
+    whitening,
+    whitening_update,
+)
 from .mahalanobis import mahalanobis_distances, nearest_class_distance
 
 __all__ = ["RMDS"]
@@ -33,16 +40,19 @@ class RMDS(_LayerwiseDetector):
     themselves; inside :func:`~oodscope._sharing.sharing` the statistics are those of Mahalanobis on the
     same features), and Σ_0 = Σ + B Bᵀ is a rank-K update of Σ.
 
-    When Σ is invertible (the rule), the score is computed in its **linear form**. With r = h − μ_0 and
-    o_k = μ_k − μ_0, MD_k − MD_0 expands so that the quadratic term rᵀ Σ⁻¹ r cancels, and Woodbury's identity
-    gives MD_0 = rᵀ Σ⁻¹ r − ‖Gᵀ r‖², with G = Σ⁻¹ B (I + Bᵀ Σ⁻¹ B)^(−1/2) [D, K]:
+    The score is computed in its **linear form** whenever the class offsets o_k = μ_k − μ_0 lie in the range
+    of Σ: always when Σ is invertible, and with dead units (units that no fit sample activates, so they are 0
+    in every mean too). Σ⁻¹ below is then Σ⁺ where Σ is singular. With r = h − μ_0, MD_k − MD_0 expands so
+    that the quadratic term rᵀ Σ⁻¹ r cancels, and Woodbury's identity gives MD_0 = rᵀ Σ⁻¹ r − ‖Gᵀ r‖², with
+    G = Σ⁻¹ B (I + Bᵀ Σ⁻¹ B)^(−1/2) [D, K]:
 
         S(x) = min_k (c_k − 2 rᵀ v_k) + ‖Gᵀ r‖²,    v_k = Σ⁻¹ o_k,  c_k = o_kᵀ Σ⁻¹ o_k.
 
     Scoring M samples then costs one [M, D] x [D, 2K] product instead of two [M, D] x [D, D] whitening
-    products, with no cancellation between two large distances. When Σ is singular (e.g. dead units), both
-    distances use pseudo-inverses, Σ⁺ and Σ_0⁺ (eigenvalues below ``D · eps · λ_max`` dropped), through
-    whitening factors (W Wᵀ = Σ⁺ as in :class:`Mahalanobis`, W_0 W_0ᵀ = Σ_0⁺), and are subtracted.
+    products, with no cancellation between two large distances. Otherwise (Σ singular in a direction where
+    the class means differ) both distances use pseudo-inverses, Σ⁺ and Σ_0⁺ (eigenvalues below
+    ``D · eps · λ_max`` dropped), through whitening factors (W Wᵀ = Σ⁺ as in :class:`Mahalanobis`,
+    W_0 W_0ᵀ = Σ_0⁺), and are subtracted.
 
     Parameters
     ----------
@@ -69,15 +79,14 @@ class RMDS(_LayerwiseDetector):
         μ_0.
     background_covariance_ : ndarray [D, D]
         Σ_0.
-    background_whitening_ : ndarray [D, D] or [D, r0]
-        W_0 with W_0 W_0ᵀ = Σ_0⁻¹ (Fortran-ordered): [D, D] when Σ is invertible, else [D, r0] with
-        r0 = rank(Σ_0) and W_0 W_0ᵀ = Σ_0⁺.
+    background_whitening_ : ndarray [D, r0]
+        W_0 with W_0 W_0ᵀ = Σ_0⁺ (Σ_0⁻¹ when invertible; Fortran-ordered), r0 = rank(Σ_0).
     relative_directions_ : ndarray [D, K]
-        v_k = Σ⁻¹ (μ_k − μ_0) in the linear form (only when Σ is invertible).
+        v_k = Σ⁻¹ (μ_k − μ_0) in the linear form (only when it applies).
     relative_offsets_ : ndarray [K]
-        c_k = (μ_k − μ_0)ᵀ Σ⁻¹ (μ_k − μ_0) (only when Σ is invertible).
+        c_k = (μ_k − μ_0)ᵀ Σ⁻¹ (μ_k − μ_0) (only when the linear form applies).
     background_directions_ : ndarray [D, K]
-        G in the linear form (only when Σ is invertible).
+        G in the linear form (only when it applies).
     layers_ : list
         The layer ids used (with several: ``layer_detectors_`` and ``aggregator_``).
 
@@ -142,20 +151,23 @@ class RMDS(_LayerwiseDetector):
         offsets = self.class_means_ - self.background_mean_
         spread = offsets.T * np.sqrt(weights)  # B [D, K], Σ_0 = Σ + B Bᵀ
         self.background_covariance_ = rank_update(self.covariance_, spread)
-        # the update costs about 4 D² K flops and a thin SVD; factorising and inverting Σ_0, about 2 D³ / 3
+        # the class offsets lie in the range of Σ (always when Σ is invertible; with dead units, when they
+        # are 0 on them, as they are): then Σ_0⁺ follows from Σ⁺ by Woodbury's identity, and the score has
+        # its linear form
+        in_range_of_sigma = in_range(self.whitening_, spread)
+        # the update costs about 4 D r K flops and a thin SVD; factorising and inverting Σ_0, about 2 D³ / 3
         # at half the speed: the update is the cheaper while K ≤ D / 8
-        invertible = self.whitening_.shape[1] == h.shape[1]
-        if invertible and 8 * spread.shape[1] <= h.shape[1]:
+        if in_range_of_sigma and 8 * spread.shape[1] <= h.shape[1]:
             self.background_whitening_ = whitening_update(self.whitening_, spread)
         else:
             self.background_whitening_ = whitening(self.background_covariance_)
-        if invertible:
+        if in_range_of_sigma:
             form = relative_form(self.whitening_, offsets, weights)
             self.relative_directions_, self.relative_offsets_, self.background_directions_ = form
 
     def _score_layer(self, h: np.ndarray, features: Features) -> np.ndarray:
         h = self._layer_values(h)
-        if hasattr(self, "relative_directions_"):  # Σ invertible: the linear form
+        if hasattr(self, "relative_directions_"):  # the linear form
             directions = np.hstack([self.relative_directions_, self.background_directions_])
             constants, n_classes = self.relative_offsets_, self.classes_.size
 
@@ -174,10 +186,10 @@ def relative_form(
     whitener: np.ndarray, offsets: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The class directions V = [v_1 … v_K] [D, K], offsets c [K] and background directions G [D, K] of
-    RMDS's linear form (see :class:`RMDS`), from a square whitening W of Σ (W Wᵀ = Σ⁻¹), the class offsets
-    O = [o_1 … o_K]ᵀ with o_k = μ_k − μ_0 [K, D], and the class weights n_k / N.
+    RMDS's linear form (see :class:`RMDS`), from a whitening W [D, r] of Σ (W Wᵀ = Σ⁺), the class offsets
+    O = [o_1 … o_K]ᵀ with o_k = μ_k − μ_0 [K, D] (in the range of Σ), and the class weights n_k / N.
 
-    With A = Wᵀ Oᵀ [D, K]: v_k = W A_k, c_k = ‖A_k‖². B = Oᵀ diag(sqrt(n_k / N)), so Bᵀ Σ⁻¹ B = Sᵀ S with
+    With A = Wᵀ Oᵀ [r, K]: v_k = W A_k, c_k = ‖A_k‖². B = Oᵀ diag(sqrt(n_k / N)), so Bᵀ Σ⁻¹ B = Sᵀ S with
     S = A diag(sqrt(n_k / N)); from its eigendecomposition Q diag(s) Qᵀ, G = Σ⁻¹ B Q diag((1 + s)^(−1/2)).
     """
     from scipy.linalg import blas, eigh
