@@ -78,7 +78,6 @@ def test_residual_hand_computed():
 
 
 def test_residual_is_vims_residual_and_shares_its_eigendecomposition(monkeypatch):
-    import oodscope.detectors.residual as residual_module
     import oodscope.detectors.vim as vim_module
 
     calls = []
@@ -89,7 +88,6 @@ def test_residual_is_vims_residual_and_shares_its_eigendecomposition(monkeypatch
         return original(*args)
 
     monkeypatch.setattr(vim_module, "_spectrum", counting)
-    monkeypatch.setattr(residual_module, "_spectrum", counting)
     with sharing():
         vim, res = ViM().fit(FIT), Residual().fit(FIT)
     assert len(calls) == 1

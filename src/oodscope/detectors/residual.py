@@ -6,16 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from .._params import AnyOf, Interval, Options
 from ..features import Features
-from ._layerwise import map_row_blocks
-from ._statistics import shared
-from .base import Detector
-from .vim import _spectrum, vim_principal_dim
+from .vim import PENULTIMATE, _PrincipalSubspace, residual_norms
 
 __all__ = ["Residual", "residual_score"]
-
-PENULTIMATE = "penultimate"
 
 
 def residual_score(features: Any, origin: Any, null_space: Any) -> np.ndarray:
@@ -35,10 +29,10 @@ def residual_score(features: Any, origin: Any, null_space: Any) -> np.ndarray:
             "residual_score expects features [N, D], an origin [D] and a null space [D, D - d]; got shapes "
             f"{h.shape}, {origin.shape} and {null_space.shape}."
         )
-    return map_row_blocks(h, lambda block: np.linalg.norm((block - origin) @ null_space, axis=1))
+    return residual_norms(h, origin, null_space, principal=False)
 
 
-class Residual(Detector):
+class Residual(_PrincipalSubspace):
     """Residual: the norm of the features' component outside the principal subspace of the fit features.
 
     Wang, Li, Feng & Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022 (the
@@ -84,6 +78,8 @@ class Residual(Detector):
         The d used.
     null_space_ : ndarray [D, D − d]
         R, orthonormal.
+    principal_space_ : ndarray [D, d]
+        P, orthonormal; scoring projects on the smaller of P and R, as :class:`~oodscope.ViM` does.
 
     Examples
     --------
@@ -99,33 +95,10 @@ class Residual(Detector):
     array([0.01, 5.  ])
     """
 
-    requires = frozenset({"features", "head"})
-    _state_shapes = {"origin_": ("D",), "null_space_": ("D", "R"), "dim_": ()}
-    default_layers = (PENULTIMATE,)
     search_space = {}  # OpenOOD sweeps nothing (see the docstring)
-    _parameter_constraints = {
-        "dim": AnyOf(Interval(int, 1, None), Interval(float, 0, 1, closed="neither"), Options([None]))
-    }
-
-    def __init__(self, dim: int | float | None = None) -> None:
-        self.dim = dim
-
-    def _state_layer(self) -> str:
-        return PENULTIMATE
 
     def _fit(self, features: Features) -> None:
-        h = features.layer(PENULTIMATE)
-        n_features = h.shape[1]
-        # the same inputs (objects) as ViM's, so that the two share the eigendecomposition inside sharing()
-        inputs = (h, features.labels, features.head_weight, features.head_bias)
-        origin, eigenvalues, eigenvectors = shared("vim_spectrum", inputs, lambda: _spectrum(*inputs))
-        try:
-            dim = vim_principal_dim(n_features, eigenvalues, self.dim)
-        except ValueError as error:  # the rule is ViM's; the message should name this detector
-            raise ValueError(str(error).replace("ViM's", "Residual's")) from None
-        self.origin_ = origin
-        self.dim_ = dim
-        self.null_space_ = np.ascontiguousarray(eigenvectors[:, : n_features - dim])
+        self._fit_subspace(features)
 
     def _score(self, features: Features) -> np.ndarray:
-        return residual_score(features.layer(PENULTIMATE), self.origin_, self.null_space_)
+        return self._residual(features.layer(PENULTIMATE))

@@ -19,7 +19,9 @@ __all__ = ["ViM", "vim_principal_dim", "vim_score"]
 PENULTIMATE = "penultimate"
 
 
-def vim_principal_dim(n_features: int, eigenvalues: Any = None, dim: int | float | None = None) -> int:
+def vim_principal_dim(
+    n_features: int, eigenvalues: Any = None, dim: int | float | None = None, owner: str = "ViM"
+) -> int:
     """The principal subspace's dimension: the paper's rule for ``dim=None`` (1000 if D ≥ 2048, 512 if
     D ≥ 768, else D // 2), ``dim`` itself for an int, or for a float in (0, 1) the fewest components whose
     eigenvalues (descending) explain at least that share of the total (at most D − 1).
@@ -39,8 +41,8 @@ def vim_principal_dim(n_features: int, eigenvalues: Any = None, dim: int | float
         chosen = min(int(np.searchsorted(shares, dim - 1e-12)) + 1, n_features - 1)
     if not 1 <= chosen < n_features:
         raise ValueError(
-            f"ViM's principal subspace must have between 1 and D - 1 = {n_features - 1} dimensions so that a "
-            f"residual is left; got dim={chosen} for D={n_features} features."
+            f"{owner}'s principal subspace must have between 1 and D - 1 = {n_features - 1} dimensions so "
+            f"that a residual is left; got dim={chosen} for D={n_features} features."
         )
     return chosen
 
@@ -116,7 +118,64 @@ def residual_norms(features: Any, origin: Any, basis: Any, principal: bool) -> n
     return map_row_blocks(np.asarray(features), norms)
 
 
-class ViM(Detector):
+class _PrincipalSubspace(Detector):
+    """What ViM and Residual share: the origin u = −W⁺b, the principal subspace of the fit features' second
+    moment about u (its dimension d by the paper's rule or ``dim``), and the residual norm ‖(h − u) R‖
+    through the smaller of the two bases. Inside :func:`~oodscope._sharing.sharing` the eigendecomposition
+    is computed once for both (and from the statistics of Mahalanobis and RMDS)."""
+
+    requires = frozenset({"features", "head"})
+    _state_shapes = {
+        "origin_": ("D",),
+        "null_space_": ("D", "R"),
+        "principal_space_": ("D", "d"),
+        "dim_": (),
+    }
+    default_layers = (PENULTIMATE,)
+    _parameter_constraints = {
+        "dim": AnyOf(Interval(int, 1, None), Interval(float, 0, 1, closed="neither"), Options([None]))
+    }
+
+    def __init__(self, dim: int | float | None = None) -> None:
+        self.dim = dim
+
+    def _state_layer(self) -> str:
+        return PENULTIMATE
+
+    def _known_sizes(self) -> dict[str, int]:
+        """Besides C and D: the principal dimension d = ``dim_`` and the residual's, R = D − d."""
+        sizes = super()._known_sizes()
+        dim = getattr(self, "dim_", None)
+        if isinstance(dim, (int, np.integer)):
+            sizes["d"] = int(dim)
+            if "D" in sizes:
+                sizes["R"] = sizes["D"] - int(dim)
+        return sizes
+
+    def _fit_subspace(self, features: Features) -> np.ndarray:
+        """Learn u, d, R and P; returns the eigenvalues (ascending)."""
+        h = features.layer(PENULTIMATE)
+        n_features = h.shape[1]
+        # the same inputs (objects) for every detector, so that they share the eigendecomposition
+        inputs = (h, features.labels, features.head_weight, features.head_bias)
+        origin, eigenvalues, eigenvectors = shared("vim_spectrum", inputs, lambda: _spectrum(*inputs))
+        dim = vim_principal_dim(n_features, eigenvalues, self.dim, owner=type(self).__name__)
+        self.origin_ = origin
+        self.dim_ = dim
+        self.null_space_ = np.ascontiguousarray(eigenvectors[:, : n_features - dim])
+        self.principal_space_ = np.ascontiguousarray(eigenvectors[:, n_features - dim :])
+        return eigenvalues
+
+    def _residual(self, h: np.ndarray) -> np.ndarray:
+        """‖(h − u) R‖, through the smaller of the two bases (files saved before ``principal_space_``
+        existed have only R)."""
+        principal = getattr(self, "principal_space_", None)
+        if principal is not None and principal.shape[1] < self.null_space_.shape[1]:
+            return residual_norms(h, self.origin_, principal, principal=True)
+        return residual_norms(h, self.origin_, self.null_space_, principal=False)
+
+
+class ViM(_PrincipalSubspace):
     """Virtual-logit matching: the norm of the features' residual off the principal subspace, as a logit.
 
     Wang, Li, Feng & Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022.
@@ -176,44 +235,11 @@ class ViM(Detector):
     """
 
     requires = frozenset({"features", "logits", "head"})
-    _state_shapes = {
-        "origin_": ("D",),
-        "null_space_": ("D", "R"),
-        "principal_space_": ("D", "d"),
-        "dim_": (),
-        "alpha_": (),
-    }
-    default_layers = (PENULTIMATE,)
-    _parameter_constraints = {
-        "dim": AnyOf(Interval(int, 1, None), Interval(float, 0, 1, closed="neither"), Options([None]))
-    }
-
-    def __init__(self, dim: int | float | None = None) -> None:
-        self.dim = dim
-
-    def _state_layer(self) -> str:
-        return PENULTIMATE
-
-    def _known_sizes(self) -> dict[str, int]:
-        """Besides C and D: the principal dimension d = ``dim_`` and the residual's, R = D − d."""
-        sizes = super()._known_sizes()
-        dim = getattr(self, "dim_", None)
-        if isinstance(dim, (int, np.integer)):
-            sizes["d"] = int(dim)
-            if "D" in sizes:
-                sizes["R"] = sizes["D"] - int(dim)
-        return sizes
+    _state_shapes = {"alpha_": ()}
 
     def _fit(self, features: Features) -> None:
-        h = features.layer(PENULTIMATE)
-        n_features = h.shape[1]
-        inputs = (h, features.labels, features.head_weight, features.head_bias)
-        origin, eigenvalues, eigenvectors = shared("vim_spectrum", inputs, lambda: _spectrum(*inputs))
-        dim = vim_principal_dim(n_features, eigenvalues, self.dim)
-        self.origin_ = origin
-        self.dim_ = dim
-        self.null_space_ = np.ascontiguousarray(eigenvectors[:, : n_features - dim])
-        self.principal_space_ = np.ascontiguousarray(eigenvectors[:, n_features - dim :])
+        eigenvalues = self._fit_subspace(features)
+        h, dim = features.layer(PENULTIMATE), self.dim_
         residual = self._residual(h)
         spread = float(np.sqrt(np.maximum(eigenvalues, 0.0).sum()))  # RMS distance of the features from u
         if residual.mean() <= 1e-8 * spread:  # rounding noise, not a residual: alpha would be meaningless
@@ -232,14 +258,6 @@ class ViM(Detector):
                 "belong together.",
                 stacklevel=4,
             )
-
-    def _residual(self, h: np.ndarray) -> np.ndarray:
-        """‖(h − u) R‖, through the smaller of the two bases (files saved before ``principal_space_``
-        existed have only R)."""
-        principal = getattr(self, "principal_space_", None)
-        if principal is not None and principal.shape[1] < self.null_space_.shape[1]:
-            return residual_norms(h, self.origin_, principal, principal=True)
-        return residual_norms(h, self.origin_, self.null_space_, principal=False)
 
     def _score(self, features: Features) -> np.ndarray:
         return self.alpha_ * self._residual(features.layer(PENULTIMATE)) - logsumexp(
