@@ -1,4 +1,4 @@
-"""Every detector on MNIST[0-4] (ID) against MNIST[5-9], Fashion-MNIST and Animal-MNIST.
+"""Every detector (35) on MNIST[0-4] (ID) against MNIST[5-9], Fashion-MNIST and Animal-MNIST.
 
 A toy convnet is trained on the train digits 0-4 (TensorFlow or torch); ``oodscope.evaluate`` then runs the
 model once per data set and fits and scores every detector on those features (ODIN adds its own passes).
@@ -19,20 +19,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from oodscope import (  # noqa: E402
     ASH,
+    DICE,
+    FDBD,
     GEN,
+    GMM,
+    KLM,
     KNN,
+    LTS,
     MLS,
     MSP,
+    NCI,
+    NECO,
     ODIN,
     RMDS,
     SCALE,
     SHE,
+    VRA,
+    CADRef,
+    CARef,
     Energy,
     Entropy,
+    GradNorm,
     Gram,
     Mahalanobis,
+    NNGuide,
+    OpenMax,
+    OptFS,
     ReAct,
+    Relation,
+    Residual,
+    TempScale,
     ViM,
+    WeiPer,
     evaluate,
 )
 from oodscope.data import OODDataset  # noqa: E402
@@ -79,8 +97,13 @@ def main() -> None:
     print(f"trained the toy convnet in {time.perf_counter() - start:.1f} s")
 
     detectors = [
-        GEN(), MSP(), MLS(), Energy(), Entropy(), ODIN(), ReAct(), ASH(), SCALE(),
-        KNN(), Mahalanobis(), RMDS(), ViM(), SHE(), Gram(),
+        # the logits (TempScale and OpenMax also read the fit labels), and ODIN's input gradients
+        GEN(), MSP(), MLS(), Energy(), Entropy(), TempScale(), KLM(), OpenMax(), ODIN(),
+        # the penultimate features with the logits or the head's weights
+        ReAct(), ASH(), SCALE(), DICE(), VRA(), LTS(), GradNorm(), FDBD(), NCI(), OptFS(), WeiPer(),
+        # the features of the fit data
+        KNN(), NNGuide(), Relation(), Mahalanobis(), RMDS(), Mahalanobis(normalize=True),
+        RMDS(normalize=True), GMM(), ViM(), Residual(), NECO(), SHE(), CARef(), CADRef(), Gram(),
     ]  # fmt: skip
     report = evaluate(
         model,

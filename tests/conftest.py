@@ -14,12 +14,16 @@ def all_detector_classes() -> list[type[Detector]]:
     return [cls for name, cls in available().items() if ":" not in name]
 
 
-def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int = 0) -> dict[str, Features]:
+def make_toy(
+    n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int = 0, off_class_noise: float = 0.7
+) -> dict[str, Features]:
     """Linearly separable ID classes around class means; OOD points around the origin.
 
     The head W has the class means as rows, so ID logits are peaked and OOD logits are flat: every
     detector, logit- or feature-based, should give OOD the higher scores. As in real training data, a few
     fit labels (3 %) are wrong, so that a method fitting a likelihood to them (TempScale) has an optimum.
+    ``off_class_noise`` is the ID noise's standard deviation on the units of other classes (0.7, as on a
+    sample's own units, by default; smaller puts the ID features near a subspace).
     """
     rng = np.random.default_rng(seed)
     means = np.zeros((n_classes, dim))
@@ -30,9 +34,11 @@ def make_toy(n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int
 
     def sample_id(n_each: int, wrong: float = 0.0) -> Features:
         labels = np.repeat(np.arange(n_classes), n_each)
-        feats = np.maximum(means[labels] + rng.normal(0, 0.7, (labels.size, dim)), 0.0)  # post-ReLU
-        flipped = rng.random(labels.size) < wrong
-        labels[flipped] = (labels[flipped] + rng.integers(1, n_classes, flipped.sum())) % n_classes
+        spread = np.where(means[labels] > 0, 0.7, off_class_noise)
+        feats = np.maximum(means[labels] + rng.normal(0, 1.0, (labels.size, dim)) * spread, 0.0)  # post-ReLU
+        flips = np.random.default_rng(seed + 1)  # its own draws: the features are those of the clean toy
+        flipped = flips.random(labels.size) < wrong
+        labels[flipped] = (labels[flipped] + flips.integers(1, n_classes, flipped.sum())) % n_classes
         return Features(
             logits=feats @ weight.T + bias,
             layers={"penultimate": feats},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 
@@ -14,6 +15,24 @@ from oodscope.detectors import REQUIREMENTS, Detector
 from conftest import all_detector_classes, make_toy
 
 DETECTORS = all_detector_classes()
+
+#: Methods whose premise the default toy problem does not meet get one that does (the contract tested is the
+#: same): Residual assumes ID features near a subspace (with the default toy's isotropic noise, OOD's residual
+#: is only slightly larger: AUROC 0.72, while ViM adds the energy of the logits); OpenMax fits a Weibull to
+#: the 20 largest distances of each class, not a tail of 80 samples per class.
+TOYS = {"Residual": {"off_class_noise": 0.3}, "OpenMax": {"n_per_class": 200}}
+
+
+@functools.cache
+def _toy(**options) -> dict:
+    return make_toy(**options)
+
+
+@pytest.fixture
+def toy(request):
+    """The shared toy problem, or the one in ``TOYS`` for the class under test."""
+    klass = getattr(getattr(request.node, "callspec", None), "params", {}).get("cls")
+    return _toy(**TOYS.get(getattr(klass, "__name__", ""), {}))
 
 
 def test_discovery_finds_the_logit_detectors():
@@ -31,8 +50,6 @@ def cls(request):
 
 
 def _init_with(klass):
-    import functools
-
     signature = inspect.signature(klass.__init__)
     defaults = {name: p.default for name, p in signature.parameters.items() if name != "self"}
     defaults.update(klass._features_only_params)

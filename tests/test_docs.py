@@ -253,3 +253,19 @@ See this:
     )
     plain = "One line.\n\nParameters\n----------\nx : int\n    The x."
     assert tidy(plain) == plain
+
+
+def test_every_detector_is_in_the_readme_table_the_api_pages_and_the_choosing_page():
+    from oodscope.detectors import available
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Detectors") :]
+    table = table[: table.index("\n## ")]
+    api = (DOCS / "api" / "detectors.md").read_text() + (DOCS / "api" / "shaping.md").read_text()
+    choosing = (DOCS / "choosing.md").read_text()
+    for name, cls in available().items():
+        if ":" in name:
+            continue
+        assert re.search(rf"\| `{name}[`(]", table), f"{name} has no row in the README's detector table"
+        assert f"::: {cls.__module__}.{name}\n" in api, f"{name} has no entry in docs/api"
+        assert re.search(rf"\| `{name}[`(]", choosing), f"{name} has no row in docs/choosing.md"

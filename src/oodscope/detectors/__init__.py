@@ -6,18 +6,34 @@ line below; :func:`available` then lists it for the CLI, persistence and the tes
 
 from ._registry import available, registry_name
 from .base import REQUIREMENTS, Detector, NotFittedError, ScoreResult, clone
+from .cadref import CADRef, cadref_confidence, cadref_score
+from .caref import CARef, caref_score, class_aware_means
 from .energy import Energy, energy_score
 from .entropy import Entropy, entropy_score
+from .fdbd import FDBD, fdbd_boundary_norms, fdbd_score
 from .gen import GEN, gen_score
+from .gmm import GMM, gmm_score
+from .gradnorm import GradNorm, gradnorm_score
 from .gram import Gram, gram_bounds, gram_deviation, gram_postproc, gram_statistics
+from .klm import KLM, klm_score, klm_templates
 from .knn import DKNN, KNN, kth_neighbor_distance, l2_normalize
+from .lts import LTS, lts_factor, lts_score
 from .mahalanobis import Mahalanobis, class_statistics, mahalanobis_distances, whitening
 from .mls import MLS, mls_score
 from .msp import MSP, msp_score
+from .nci import NCI, nci_score
+from .neco import NECO, neco_principal_dim, neco_score
+from .nnguide import NNGuide, nnguide_bank, nnguide_score
 from .odin import ODIN, odin_score
+from .openmax import OpenMax, fit_weibull_tail, openmax_score, weibull_tail_cdf
+from .optfs import OptFS, optfs_score, optfs_theta
+from .relation import Relation, relation_score
+from .residual import Residual, residual_score
 from .rmds import RMDS
 from .she import SHE, she_patterns, she_score
+from .tempscale import TempScale, fit_temperature, tempscale_score
 from .vim import ViM, vim_principal_dim, vim_score
+from .weiper import WeiPer, weiper_densities, weiper_head, weiper_score
 
 __all__ = [
     "REQUIREMENTS",
@@ -59,4 +75,49 @@ __all__ = [
     "ViM",
     "vim_principal_dim",
     "vim_score",
+    "NCI",
+    "nci_score",
+    "OptFS",
+    "optfs_score",
+    "optfs_theta",
+    "WeiPer",
+    "weiper_densities",
+    "weiper_head",
+    "weiper_score",
+    "Residual",
+    "residual_score",
+    "NECO",
+    "neco_principal_dim",
+    "neco_score",
+    "GMM",
+    "gmm_score",
+    "OpenMax",
+    "fit_weibull_tail",
+    "openmax_score",
+    "weibull_tail_cdf",
+    "NNGuide",
+    "nnguide_bank",
+    "nnguide_score",
+    "Relation",
+    "relation_score",
+    "CARef",
+    "caref_score",
+    "class_aware_means",
+    "CADRef",
+    "cadref_confidence",
+    "cadref_score",
+    "TempScale",
+    "fit_temperature",
+    "tempscale_score",
+    "KLM",
+    "klm_score",
+    "klm_templates",
+    "GradNorm",
+    "gradnorm_score",
+    "LTS",
+    "lts_factor",
+    "lts_score",
+    "FDBD",
+    "fdbd_boundary_norms",
+    "fdbd_score",
 ]

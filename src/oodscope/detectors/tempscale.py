@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -74,10 +75,11 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     The NLL is convex in β = 1/T (its second derivative is a sum of variances), so its minimiser is the root
     of the first derivative: found by Newton's method on β, safeguarded by bisection (in log β) within
     T ∈ [s / 10⁴, s · 10⁴], s the RMS over samples of the logits' standard deviation across classes; it
-    converges to machine precision in a handful of passes. When the minimum lies outside that range, there is
-    no useful T and a ``ValueError`` says why: a fit set classified entirely correctly has no minimum at all
-    (the NLL falls as T → 0, where every confident score is −1), one no better than uniform has it at
-    T → ∞. Logits that are constant in every row (one class, say) leave T undetermined: 1.
+    converges to machine precision in a handful of passes. A fit set classified entirely correctly has no
+    minimum at all (the NLL falls as T → 0, where every confident score is −1): a ``ValueError`` says so.
+    One no better than uniform has it at T → ∞: T is the end of the range, with a warning (the scores then
+    rank samples by the spread of their logits). Logits that are constant in every row (one class, say)
+    leave T undetermined: 1.
 
     >>> logits = np.array([[2.0, 0.0]] * 4)  # 3 of 4 labelled 0: sigmoid(2 / T) = 3/4, T = 2 / log 3
     >>> round(fit_temperature(logits, [0, 0, 0, 1]), 6), round(2 / float(np.log(3)), 6)
@@ -104,11 +106,14 @@ def _solve_temperature(z: np.ndarray, labels: np.ndarray) -> float:
         return 1.0
     low, high = 1.0 / (spread * _SPAN), _SPAN / spread  # the bracket in β = 1/T
     if _nll_slope(z, labels, low)[0] >= 0.0:
-        raise ValueError(
-            f"TempScale: the NLL of the {n} fit samples keeps falling as T grows past {1 / low:.4g} (their "
-            "logits predict the labels no better than a uniform guess), so no temperature fits them. Check "
-            "that the labels belong to the logits (same samples, same class order)."
+        warnings.warn(
+            f"TempScale: the NLL of the {n} fit samples keeps falling as T grows (their logits predict the "
+            "labels no better than a uniform guess); T is set to the end of the search range, "
+            f"{1 / low:.4g}, where the scores rank samples by the spread of their logits. Check that the "
+            "labels belong to the logits (same samples, same class order).",
+            stacklevel=4,
         )
+        return 1.0 / low
     if _nll_slope(z, labels, high)[0] <= 0.0:
         reason = (
             "the model classifies every one of them correctly, so the NLL has no minimum"

@@ -30,7 +30,9 @@ from ._base import _Scratch as _Scratch
 from ._base import _Shaping as _Shaping
 from ._base import percentile as percentile
 from .ash import ASH, ash
+from .dice import DICE, dice_mask
 from .react import ReAct, react
 from .scale import SCALE, scale
+from .vra import VRA, vra
 
-__all__ = ["ASH", "SCALE", "ReAct", "ash", "react", "scale", "sharing"]
+__all__ = ["ASH", "DICE", "SCALE", "VRA", "ReAct", "ash", "dice_mask", "react", "scale", "sharing", "vra"]
