@@ -363,7 +363,19 @@ def test_openmax_fallback_and_errors():
         det = OpenMax().fit(fit)
     np.testing.assert_allclose(det.class_means_[2], logits[labels == 2].mean(axis=0))
     assert det.counts_[2] == (labels == 2).sum()
-    with pytest.raises(ValueError, match=r"class\(es\) \[3\] of the 4 have none"):
-        OpenMax().fit(Features(logits=FIT.logits[labels < 3], labels=labels[labels < 3]))
     with pytest.raises(ValueError, match=r"integer class labels in \[0, 4\)"):
         OpenMax().fit(Features(logits=FIT.logits, labels=labels + 1))
+
+
+def test_openmax_counts_a_class_without_fit_samples_as_unknown():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 60)
+    z = np.zeros((120, 3))
+    z[np.arange(120), labels] = 6.0
+    z += rng.normal(0, 1.0, z.shape)
+    with pytest.warns(UserWarning, match=r"class\(es\) \[2\] of the 3 have no fit samples"):
+        det = OpenMax().fit(Features(logits=z, labels=labels))
+    assert det.counts_.tolist() == [60, 60, 0] and np.isfinite(det.class_means_).all()
+    assert weibull_tail_cdf([0.0, 1e6], det.tail_min_[2], det.scale_[2], det.shape_[2]).tolist() == [1.0, 1.0]
+    known, unseen = np.array([[6.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 6.0]])
+    assert det.score(Features(logits=unseen)).scores[0] > det.score(Features(logits=known)).scores[0]

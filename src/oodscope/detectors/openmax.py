@@ -161,8 +161,10 @@ class OpenMax(Detector):
         S(x) = exp(v̂₀(x)) / (exp(v̂₀(x)) + Σ_c exp(v̂_c(x))).
 
     Needs the logits, and labels at fit (class indices, the columns of the logits). A class without a
-    correctly classified fit sample falls back to all its fit samples (with a warning); a class without fit
-    samples is an error. A class whose tail holds one distinct distance (e.g. a single sample) gets the
+    correctly classified fit sample falls back to all its fit samples (with a warning). A class without fit
+    samples (a head wider than the classes it was trained on, e.g. 10 outputs trained on 5 digits) gets a
+    model whose CDF is 1 at every distance, with a warning: the whole activation of a sample ranking it
+    high counts as unknown. A class whose tail holds one distinct distance (e.g. a single sample) gets the
     limit of the Weibull fit, a step at that distance. Scoring costs α distances [N, C] per sample block.
 
     Differences from the reference implementations (following the paper and OpenOOD's
@@ -236,9 +238,11 @@ class OpenMax(Detector):
             )
         absent = np.flatnonzero(np.bincount(labels, minlength=n_classes) == 0)
         if absent.size:
-            raise ValueError(
-                f"OpenMax needs fit samples of every class; class(es) {absent.tolist()} of the {n_classes} "
-                "have none. Fit on data that covers every class."
+            warnings.warn(
+                f"OpenMax: class(es) {absent.tolist()} of the {n_classes} have no fit samples (a head wider "
+                "than the classes it was trained on?); their Weibull model is 1 at every distance, so the "
+                "whole activation of such a class counts as unknown.",
+                stacklevel=4,
             )
         used = np.argmax(z, axis=1) == labels
         correct = np.bincount(labels[used], minlength=n_classes)
@@ -256,7 +260,7 @@ class OpenMax(Detector):
         for block in iter_row_blocks(len(rows), n_classes):
             np.add.at(sums, classes[block], z[rows[block]].astype(np.float64))
         counts = np.bincount(classes, minlength=n_classes)
-        means = sums / counts[:, None]
+        means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
         distances = np.empty(len(rows))
         for block in iter_row_blocks(len(rows), n_classes):
             diff = z[rows[block]].astype(np.float64) - means[classes[block]]
@@ -265,6 +269,8 @@ class OpenMax(Detector):
         bounds = np.concatenate([[0], np.cumsum(counts)])
         models = [
             fit_weibull_tail(distances[order[bounds[c] : bounds[c + 1]]], self.tail_size)
+            if counts[c]
+            else (-1.0, TRANSLATE, np.inf)  # a step below every distance: the CDF is 1 everywhere
             for c in range(n_classes)
         ]
         self.class_means_ = means
