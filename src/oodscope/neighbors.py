@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -114,24 +114,15 @@ def kth_neighbor_distance(
     array([1.])
     """
     queries, refs, lowest, highest = _check_inputs(queries, references, k)
-    out = np.empty(queries.shape[0], dtype=np.float64)
-    search = _ExactSearch(refs, lowest, highest, queries.shape[0])
-    blocks = list(_blocks(queries.shape[0], search.rows))
+    search = _ExactSearch(refs, highest, queries.shape[0], shifted=True)
 
-    def run(block: slice) -> None:
-        out[block] = search.kth_distance(queries[block], k, normalize_queries)
+    def kth_distance(block: np.ndarray) -> np.ndarray:
+        q64 = _as_float64(block, normalize_queries)
+        values, columns = search.best(q64.astype(np.float32))
+        window = _ranked(values, columns, lowest, highest)
+        return _remeasure(q64, refs, window, k - lowest)
 
-    lanes = _lanes(len(blocks))
-    if lanes == 1:
-        for block in blocks:
-            run(block)
-        return out
-    # one lane per BLAS thread, each lane with single-threaded BLAS: a lane selects from the tile it has
-    # just computed (still in its core's cache) while the others multiply, and no BLAS thread spins idle
-    # waiting for the selection (on 2 cores: 1.2-1.6x faster than threaded BLAS, then threaded selection)
-    with _blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(lanes) as pool:
-        list(pool.map(run, blocks))
-    return out
+    return search.map(queries, kth_distance)
 
 
 def _blocks(n: int, rows: int) -> Iterator[slice]:
@@ -156,53 +147,75 @@ def _lanes(n_blocks: int) -> int:
 
 
 class _ExactSearch:
-    """Blocked float32 BLAS products, a selection of candidates per tile, a float64 re-measurement.
+    """The ``keep`` largest similarities of each query to the references, by blocked float32 BLAS products
+    and a selection of candidates per tile; what to do with them (re-measure distances, average inner
+    products) is the caller's.
 
-    A block of ``rows`` queries is multiplied with tiles of ``tile`` references into a reused [rows, tile]
-    float32 buffer of about SIMILARITY_BLOCK_BYTES (one per thread); :func:`_candidates` keeps each tile's
-    candidates, and at the end of the block the ranks ``lowest..highest`` among them are re-measured in
-    float64. :meth:`kth_distance` may run in several threads at once, on different blocks.
+    The similarity is the inner product q·r, or with ``shifted`` q·r − ‖r‖²/2, which ranks references like
+    −‖q − r‖ (dropped when every reference has the same norm). A block of ``rows`` queries is multiplied with
+    tiles of ``tile`` references into a reused [rows, tile] float32 buffer of about SIMILARITY_BLOCK_BYTES
+    (one per thread), and :func:`_candidates` keeps each tile's best. :meth:`map` runs a function of each
+    block of queries on all cores.
     """
 
-    def __init__(self, refs: np.ndarray, lowest: int, highest: int, n_queries: int) -> None:
-        self.refs, self.lowest, self.highest = refs, lowest, highest
+    def __init__(self, refs: np.ndarray, keep: int, n_queries: int, shifted: bool) -> None:
+        self.refs, self.keep = refs, keep
         n_refs = refs.shape[0]
         tile = max(1, SIMILARITY_BLOCK_BYTES // (4 * QUERY_ROWS))
         rows = QUERY_ROWS if n_refs > tile else min(4 * QUERY_ROWS, SIMILARITY_BLOCK_BYTES // (4 * n_refs))
         self.rows, self.tile = max(1, min(rows, n_queries)), min(tile, n_refs)
-        half = 0.5 * np.einsum("ij,ij->i", refs, refs, dtype=np.float64)
-        # q.r - |r|^2 / 2 ranks references like -|q - r|; for unit vectors the shift is a constant
-        self.half_sq_norms = (
-            None if np.ptp(half) <= 1e-6 * max(half.max(), 1e-30) else half.astype(np.float32)
-        )
+        self.half_sq_norms = None
+        if shifted:
+            half = 0.5 * np.einsum("ij,ij->i", refs, refs, dtype=np.float64)
+            # for unit vectors the shift is a constant
+            if np.ptp(half) > 1e-6 * max(half.max(), 1e-30):
+                self.half_sq_norms = half.astype(np.float32)
         self.scratch = threading.local()
 
-    def kth_distance(self, queries: np.ndarray, k: int, normalize: bool) -> np.ndarray:
-        """The exact k-th neighbour distance of each of (at most ``rows``) queries, float64."""
-        b, n_refs = queries.shape[0], self.refs.shape[0]
+    def best(self, q32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``keep`` largest similarities of each of (at most ``rows``) float32 queries and their
+        reference indices, [b, keep] each (unordered)."""
+        b, n_refs = q32.shape[0], self.refs.shape[0]
         if not hasattr(self.scratch, "similarity"):
             self.scratch.similarity = np.empty(self.rows * self.tile, dtype=np.float32)
-        q64 = _as_float64(queries, normalize)
-        q32 = q64.astype(np.float32)
         values = np.empty((b, 0), dtype=np.float32)
         columns = np.empty((b, 0), dtype=np.int64)
-        floor = None  # per row, the highest-th best value so far: later tiles only compete above it
+        floor = None  # per row, the keep-th best value so far: later tiles only compete above it
         for start in range(0, n_refs, self.tile):
             stop = min(start + self.tile, n_refs)
             similarity = self.scratch.similarity[: b * (stop - start)].reshape(b, stop - start)
             np.matmul(q32, self.refs[start:stop].T, out=similarity)
             if self.half_sq_norms is not None:
                 similarity -= self.half_sq_norms[start:stop]
-            tile_values, tile_columns = _candidates(similarity, min(self.highest, stop - start), floor)
+            tile_values, tile_columns = _candidates(similarity, min(self.keep, stop - start), floor)
             values, columns = _best(
                 np.concatenate([values, tile_values], axis=1),
                 np.concatenate([columns, tile_columns + start], axis=1),
-                self.highest,
+                self.keep,
             )
-            if values.shape[1] == self.highest:
+            if values.shape[1] == self.keep:
                 floor = values.min(axis=1)
-        window = _ranked(values, columns, self.lowest, self.highest)
-        return _remeasure(q64, self.refs, window, k - self.lowest)
+        return values, columns
+
+    def map(self, queries: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``fn`` of each block of ``rows`` queries (a float64 array [b] each), concatenated [M]."""
+        out = np.empty(queries.shape[0], dtype=np.float64)
+        blocks = list(_blocks(queries.shape[0], self.rows))
+
+        def run(block: slice) -> None:
+            out[block] = fn(queries[block])
+
+        lanes = _lanes(len(blocks))
+        if lanes == 1:
+            for block in blocks:
+                run(block)
+            return out
+        # one lane per BLAS thread, each lane with single-threaded BLAS: a lane selects from the tile it has
+        # just computed (still in its core's cache) while the others multiply, and no BLAS thread spins idle
+        # waiting for the selection (on 2 cores: 1.2-1.6x faster than threaded BLAS, then threaded selection)
+        with _blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(lanes) as pool:
+            list(pool.map(run, blocks))
+        return out
 
 
 def _candidates(

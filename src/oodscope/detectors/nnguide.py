@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -89,55 +87,22 @@ def top_k_mean_inner_product(queries: Any, bank: Any, k: int) -> np.ndarray:
     if not 1 <= k <= n_refs:
         raise ValueError(f"k={k} nearest neighbours need 1 <= k <= {n_refs} (the rows of the bank).")
     keep = min(k + neighbors.WINDOW, n_refs)
-    tile = max(1, neighbors.SIMILARITY_BLOCK_BYTES // (4 * neighbors.QUERY_ROWS))
-    if n_refs > tile:
-        rows = neighbors.QUERY_ROWS
-    else:
-        rows = min(4 * neighbors.QUERY_ROWS, neighbors.SIMILARITY_BLOCK_BYTES // (4 * n_refs))
-    rows, tile = max(1, min(rows, queries.shape[0])), min(tile, n_refs)
+    search = neighbors._ExactSearch(refs, keep, queries.shape[0], shifted=False)
     # rows of candidates re-measured at once: their gathered bank rows stay within about 16 MB
     remeasure_rows = max(1, min(neighbors.REMEASURE_ROWS, (1 << 24) // (8 * keep * refs.shape[1])))
-    scratch = threading.local()
-    out = np.empty(queries.shape[0], dtype=np.float64)
 
-    def run(block: slice) -> None:
-        b = block.stop - block.start
-        if not hasattr(scratch, "similarity"):
-            scratch.similarity = np.empty(rows * tile, dtype=np.float32)
-        q64 = neighbors._as_float64(queries[block], normalize=True)
-        q32 = q64.astype(np.float32)
-        values = np.empty((b, 0), dtype=np.float32)
-        columns = np.empty((b, 0), dtype=np.int64)
-        floor = None  # per row, the keep-th best value so far: later tiles only compete above it
-        for start in range(0, n_refs, tile):
-            stop = min(start + tile, n_refs)
-            similarity = scratch.similarity[: b * (stop - start)].reshape(b, stop - start)
-            np.matmul(q32, refs[start:stop].T, out=similarity)
-            tile_values, tile_columns = neighbors._candidates(similarity, min(keep, stop - start), floor)
-            values, columns = neighbors._best(
-                np.concatenate([values, tile_values], axis=1),
-                np.concatenate([columns, tile_columns + start], axis=1),
-                keep,
-            )
-            if values.shape[1] == keep:
-                floor = values.min(axis=1)
-        for part in neighbors._blocks(b, remeasure_rows):
+    def mean_top_k(block: np.ndarray) -> np.ndarray:
+        q64 = neighbors._as_float64(block, normalize=True)
+        _, columns = search.best(q64.astype(np.float32))
+        out = np.empty(len(block))
+        for part in neighbors._blocks(len(block), remeasure_rows):
             candidates = refs[columns[part]].astype(np.float64)  # [rows, keep, D]
             exact = np.einsum("ijd,id->ij", candidates, q64[part])
             exact.sort(axis=1)
-            out[block.start + part.start : block.start + part.stop] = exact[:, keep - k :].mean(axis=1)
-
-    blocks = list(neighbors._blocks(queries.shape[0], rows))
-    lanes = neighbors._lanes(len(blocks))
-    if lanes == 1:
-        for block in blocks:
-            run(block)
+            out[part] = exact[:, keep - k :].mean(axis=1)
         return out
-    # as in the k-NN search: single-threaded BLAS in each lane, so that a lane selects from the tile it has
-    # just computed while the others multiply
-    with neighbors._blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(lanes) as pool:
-        list(pool.map(run, blocks))
-    return out
+
+    return search.map(queries, mean_top_k)
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
