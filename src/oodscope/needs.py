@@ -3,10 +3,11 @@
 A detector never runs a model. It says what it reads (:meth:`~oodscope.detectors.Detector.needs`), and
 a planner (:mod:`oodscope.plan`) runs the fewest passes that give every detector its Features:
 one plain pass per dataset for everything that can share it, and one perturbed pass per dataset for the
-detectors that perturb the input the same way (ODIN-like methods sharing a loss and a step)::
+detectors that perturb the input the same way (ODIN-like methods sharing a loss, a step and its direction)::
 
     ODIN(temperature=1000, eps=0.0014).needs().kind()
-    # PassKind(perturbation=Perturbation(loss=PredictedClassCE(temperature=1000.0), step=0.0014), ...)
+    # PassKind(perturbation=Perturbation(loss=PredictedClassCE(temperature=1000.0), step=0.0014,
+    #                                    direction=SignOfGradient()), ...)
 
 Besides layers and the head's weights, a detector may need the inputs moved along a gradient first
 (:class:`Perturbation`), edits of layers inside the forward (``Needs.edits``) and gradients of a loss with
@@ -23,28 +24,45 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Gradient", "GradientOf", "Needs", "PassKind", "Perturbation"]
+__all__ = ["Gradient", "GradientOf", "Needs", "PassKind", "Perturbation", "SignOfGradient"]
 
 #: ``reduce(raw_activation_batch, channels_last) -> [B, D]``: a detector's own post-processing of a layer
 Reduction = Callable[..., np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
+class SignOfGradient:
+    """ODIN's direction of the step: the sign of the gradient, in every element of the input.
+
+    >>> SignOfGradient()(np.array([[3.0, -0.5, 0.0]]))
+    array([[ 1., -1.,  0.]])
+    """
+
+    def __call__(self, gradient: np.ndarray) -> np.ndarray:
+        return np.sign(gradient)
+
+
+@dataclasses.dataclass(frozen=True)
 class Perturbation:
     """Inputs moved against the gradient of a loss before the forward pass:
-    ``x̃ = x − step · sign(∇ₓ loss(f(x)))``.
+    ``x̃ = x − step · direction(∇ₓ loss(f(x)))``, by default ``x̃ = x − step · sign(∇ₓ loss(f(x)))``.
 
-    ``loss`` is a :mod:`oodscope.losses` object (or any hashable ``loss(logits, ops)``). Equal perturbations
-    share one gradient pass. Each batch costs a forward and a backward pass for the gradient, and a second
-    forward pass over the moved inputs, which gives the Features (logits, layers) of this pass.
+    ``loss`` is a :mod:`oodscope.losses` object (or any hashable ``loss(logits, ops)``). ``direction`` maps
+    one input's gradient (a numpy array [B, ...]) to the per-element step of the same shape, on the host for
+    every framework; it must be hashable and compare by value (a frozen dataclass), since it is part of what
+    makes two passes different: :class:`SignOfGradient` (ODIN, the default) moves every element, iODIN's
+    moves one element per sample. Equal perturbations share one gradient pass. Each batch costs a forward and
+    a backward pass for the gradient, and a second forward pass over the moved inputs, which gives the
+    Features (logits, layers) of this pass.
     """
 
     loss: Hashable
     step: float
+    direction: Hashable = SignOfGradient()
 
     def apply(self, x: Any, gradient: Any) -> Any:
         """The moved inputs, in the inputs' precision; a model with several inputs gives a list, tuple or
-        dict of arrays, and each is moved along its own gradient.
+        dict of arrays, and each is moved along its own gradient (``direction`` is applied to each).
 
         >>> Perturbation(loss=None, step=0.5).apply(np.array([1.0, 2.0]), np.array([3.0, -0.0]))
         array([0.5, 2. ])
@@ -54,7 +72,7 @@ class Perturbation:
         if isinstance(x, (list, tuple)):
             return type(x)(self.apply(value, grad) for value, grad in zip(x, gradient, strict=True))
         x = np.asarray(x)
-        return (x - self.step * np.sign(gradient)).astype(x.dtype, copy=False)
+        return (x - self.step * self.direction(np.asarray(gradient))).astype(x.dtype, copy=False)
 
 
 @dataclasses.dataclass(frozen=True)
