@@ -1,4 +1,4 @@
-"""Every detector (35) on MNIST[0-4] (ID) against MNIST[5-9], Fashion-MNIST and Animal-MNIST.
+"""Every detector (36) on MNIST[0-4] (ID) against MNIST[5-9], Fashion-MNIST and Animal-MNIST.
 
 A toy convnet is trained on the train digits 0-4 (TensorFlow or torch); ``oodscope.evaluate`` then runs the
 model once per data set and fits and scores every detector on those features (ODIN adds its own passes).
@@ -23,6 +23,7 @@ from oodscope import (  # noqa: E402
     FDBD,
     GEN,
     GMM,
+    IODIN,
     KLM,
     KNN,
     LTS,
@@ -97,8 +98,8 @@ def main() -> None:
     print(f"trained the toy convnet in {time.perf_counter() - start:.1f} s")
 
     detectors = [
-        # the logits (TempScale and OpenMax also read the fit labels), and ODIN's input gradients
-        GEN(), MSP(), MLS(), Energy(), Entropy(), TempScale(), KLM(), OpenMax(), ODIN(),
+        # the logits (TempScale and OpenMax also read the fit labels), and the input gradients of ODIN, IODIN
+        GEN(), MSP(), MLS(), Energy(), Entropy(), TempScale(), KLM(), OpenMax(), ODIN(), IODIN(),
         # the penultimate features with the logits or the head's weights
         ReAct(), ASH(), SCALE(), DICE(), VRA(), LTS(), GradNorm(), FDBD(), NCI(), OptFS(), WeiPer(),
         # the features of the fit data

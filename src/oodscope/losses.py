@@ -23,7 +23,7 @@ __all__ = ["KLToUniform", "MaxLogit", "PredictedClassCE"]
 @dataclasses.dataclass(frozen=True)
 class PredictedClassCE:
     """Cross-entropy of the temperature-scaled logits to the predicted class, summed over the batch:
-    ``Σ_i −log softmax(z_i / T)[argmax z_i]`` (ODIN's loss; iODIN's with T = 1)."""
+    ``Σ_i −log softmax(z_i / T)[argmax z_i]`` (the loss of ODIN and iODIN)."""
 
     temperature: float = 1.0
 

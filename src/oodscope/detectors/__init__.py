@@ -15,6 +15,7 @@ from .gen import GEN, gen_score
 from .gmm import GMM, gmm_score
 from .gradnorm import GradNorm, gradnorm_score
 from .gram import Gram, gram_bounds, gram_deviation, gram_postproc, gram_statistics
+from .iodin import IODIN, iodin_direction
 from .klm import KLM, klm_score, klm_templates
 from .knn import DKNN, KNN, kth_neighbor_distance, l2_normalize
 from .lts import LTS, lts_factor, lts_score
@@ -55,6 +56,8 @@ __all__ = [
     "msp_score",
     "ODIN",
     "odin_score",
+    "IODIN",
+    "iodin_direction",
     "Gram",
     "gram_bounds",
     "gram_deviation",
