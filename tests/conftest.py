@@ -14,6 +14,17 @@ def all_detector_classes() -> list[type[Detector]]:
     return [cls for name, cls in available().items() if ":" not in name]
 
 
+def linear_head_features(h: np.ndarray, weight: np.ndarray, bias: np.ndarray, labels=None) -> Features:
+    """Features of a linear head on penultimate features h: logits h Wᵀ + b, the layer, the head, labels."""
+    return Features(
+        logits=h @ weight.T + bias,
+        layers={"penultimate": h},
+        labels=labels,
+        head_weight=weight,
+        head_bias=bias,
+    )
+
+
 def make_toy(
     n_per_class: int = 80, n_classes: int = 5, dim: int = 24, seed: int = 0, off_class_noise: float = 0.7
 ) -> dict[str, Features]:
@@ -39,21 +50,10 @@ def make_toy(
         flips = np.random.default_rng(seed + 1)  # its own draws: the features are those of the clean toy
         flipped = flips.random(labels.size) < wrong
         labels[flipped] = (labels[flipped] + flips.integers(1, n_classes, flipped.sum())) % n_classes
-        return Features(
-            logits=feats @ weight.T + bias,
-            layers={"penultimate": feats},
-            labels=labels,
-            head_weight=weight,
-            head_bias=bias,
-        )
+        return linear_head_features(feats, weight, bias, labels)
 
     ood_feats = np.maximum(rng.normal(0, 1.0, (n_per_class * 2, dim)), 0.0)
-    ood = Features(
-        logits=ood_feats @ weight.T + bias,
-        layers={"penultimate": ood_feats},
-        head_weight=weight,
-        head_bias=bias,
-    )
+    ood = linear_head_features(ood_feats, weight, bias)
     return {"fit": sample_id(n_per_class, wrong=0.03), "id": sample_id(n_per_class // 2), "ood": ood}
 
 

@@ -17,6 +17,8 @@ from oodscope.detectors.rmds import RMDS
 from oodscope.detectors.she import SHE
 from oodscope.detectors.vim import ViM, vim_principal_dim
 
+from conftest import linear_head_features
+
 N_CLASSES, DIM = 4, 12
 
 
@@ -30,13 +32,7 @@ def labelled(n: int, seed: int, dim: int = DIM, dead: int = 0) -> Features:
         h[:, :dead] = 0.0
     weight = means / 2.0
     bias = np.random.default_rng(98).normal(0, 0.1, N_CLASSES)
-    return Features(
-        logits=h @ weight.T + bias,
-        layers={"penultimate": h},
-        labels=labels,
-        head_weight=weight,
-        head_bias=bias,
-    )
+    return linear_head_features(h, weight, bias, labels)
 
 
 FIT, TEST = labelled(400, 1), labelled(60, 2)

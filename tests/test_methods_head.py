@@ -15,6 +15,8 @@ from oodscope.detectors.weiper import _smooth, weiper_densities, weiper_head, we
 from oodscope.shaping.dice import dice_mask
 from oodscope.shaping.vra import vra
 
+from conftest import linear_head_features
+
 N_CLASSES, DIM = 4, 10
 
 
@@ -26,13 +28,7 @@ def problem(n: int, seed: int, dim: int = DIM) -> Features:
     h = np.maximum(means[labels] + rng.normal(0, 0.8, (n, dim)), 0.0)
     weight = np.random.default_rng(98).normal(0, 1.0, (N_CLASSES, dim)) + means / 2.0
     bias = np.random.default_rng(97).normal(0, 0.3, N_CLASSES)
-    return Features(
-        logits=h @ weight.T + bias,
-        layers={"penultimate": h},
-        labels=labels,
-        head_weight=weight,
-        head_bias=bias,
-    )
+    return linear_head_features(h, weight, bias, labels)
 
 
 FIT, TEST = problem(300, 1), problem(40, 2)

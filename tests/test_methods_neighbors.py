@@ -15,6 +15,8 @@ from oodscope.detectors.caref import CARef, caref_score, class_aware_means
 from oodscope.detectors.nnguide import NNGuide, content_sample, nnguide_bank, top_k_mean_inner_product
 from oodscope.detectors.relation import Relation, relation_score
 
+from conftest import linear_head_features, make_toy
+
 N_CLASSES, DIM = 4, 12
 EPS = np.finfo(np.float64).eps
 
@@ -27,13 +29,7 @@ def labelled(n: int, seed: int, dim: int = DIM, n_classes: int = N_CLASSES) -> F
     h = np.maximum(means[labels] + rng.normal(0, 1.0, (n, dim)), 0.0)
     weight = np.random.default_rng(97).normal(0, 0.3, (n_classes, dim)) + (means - means.mean(0)) / 2.0
     bias = np.random.default_rng(98).normal(0, 0.1, n_classes)
-    return Features(
-        logits=h @ weight.T + bias,
-        layers={"penultimate": h},
-        labels=labels,
-        head_weight=weight,
-        head_bias=bias,
-    )
+    return linear_head_features(h, weight, bias, labels)
 
 
 FIT, TEST = labelled(400, 1), labelled(60, 2)
@@ -398,8 +394,6 @@ def test_cadref_keeps_the_head_signs_of_the_fit():
 @pytest.mark.parametrize("cls", [NNGuide, Relation, CARef, CADRef])
 def test_toy_separation_without_warnings(cls):
     from oodscope import auroc
-
-    from conftest import make_toy
 
     toy = make_toy(seed=5)
     with warnings.catch_warnings():

@@ -16,6 +16,8 @@ from oodscope.aggregation import StdNormalizedAggregator
 from oodscope.detectors import gmm_score, neco_score, openmax_score, residual_score
 from oodscope.detectors.openmax import TRANSLATE, fit_weibull_tail, weibull_tail_cdf
 
+from conftest import linear_head_features
+
 N_CLASSES, DIM = 4, 12
 
 
@@ -27,13 +29,7 @@ def labelled(n: int, seed: int, dim: int = DIM) -> Features:
     h = means[labels] + rng.normal(0, 1.0, (n, dim)) @ np.diag(np.linspace(0.5, 1.5, dim))
     weight = means / 2.0
     bias = np.random.default_rng(98).normal(0, 0.1, N_CLASSES)
-    return Features(
-        logits=h @ weight.T + bias,
-        layers={"penultimate": h},
-        labels=labels,
-        head_weight=weight,
-        head_bias=bias,
-    )
+    return linear_head_features(h, weight, bias, labels)
 
 
 FIT, TEST = labelled(400, 1), labelled(60, 2)

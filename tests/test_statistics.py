@@ -24,6 +24,8 @@ from oodscope.detectors.mahalanobis import Mahalanobis
 from oodscope.detectors.rmds import RMDS
 from oodscope.detectors.vim import ViM
 
+from conftest import linear_head_features
+
 
 def labelled(n: int, dim: int, n_classes: int, seed: int = 0, offset: float = 0.0, dtype=np.float64):
     rng = np.random.default_rng(seed)
@@ -230,13 +232,7 @@ def features(seed: int = 0) -> Features:
     h, labels = labelled(300, 32, 4, seed=seed)  # D ≥ 8K: RMDS whitens Σ_0 by updating Σ's whitening
     weight = np.random.default_rng(5).normal(0.0, 1.0, (4, 32)) / 4.0
     bias = np.random.default_rng(6).normal(0.0, 0.1, 4)
-    return Features(
-        logits=h @ weight.T + bias,
-        layers={"penultimate": h},
-        labels=labels,
-        head_weight=weight,
-        head_bias=bias,
-    )
+    return linear_head_features(h, weight, bias, labels)
 
 
 @pytest.fixture
