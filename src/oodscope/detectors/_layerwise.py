@@ -427,3 +427,12 @@ def iter_row_blocks(n: int, n_columns: int) -> Iterator[slice]:
     rows = max(1, BLOCK_BYTES // (8 * max(n_columns, 1)))
     for start in range(0, n, rows):
         yield slice(start, min(start + rows, n))
+
+
+def column_mean(h: np.ndarray) -> np.ndarray:
+    """Mean of the rows of h [N, D] in float64 [D], summed one block of rows at a time (no float64 copy of
+    the whole array)."""
+    total = np.zeros(h.shape[1])
+    for rows in iter_row_blocks(len(h), h.shape[1]):
+        total += h[rows].sum(axis=0, dtype=np.float64)
+    return total / len(h)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._params import Options
 from ..features import Features
-from ._layerwise import iter_row_blocks
+from ._layerwise import column_mean, iter_row_blocks
 from ._logits import as_logits
 from .base import Detector
 
@@ -149,10 +149,7 @@ class FDBD(Detector):
 
     def _fit(self, features: Features) -> None:
         h = features.layer(PENULTIMATE)
-        total = np.zeros(h.shape[1])
-        for rows in iter_row_blocks(len(h), h.shape[1]):
-            total += h[rows].sum(axis=0, dtype=np.float64)
-        self.mean_ = total / len(h)
+        self.mean_ = column_mean(h)
         self.boundary_norms_ = fdbd_boundary_norms(features.head_weight)
         same = np.argwhere(np.triu(np.isinf(self.boundary_norms_)))
         if same.size:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._params import Interval
 from ..features import Features
-from ._layerwise import iter_row_blocks
+from ._layerwise import column_mean, iter_row_blocks
 from ._logits import as_logits
 from .base import Detector
 
@@ -51,14 +51,6 @@ def nci_score(
         cosine = np.divide(aligned, norms, out=np.zeros_like(aligned), where=norms > 0)
         out[rows] = -(cosine + alpha * np.abs(block).sum(axis=1))
     return out
-
-
-def _column_mean(h: np.ndarray) -> np.ndarray:
-    """Mean of the rows [D], float64, one block of rows at a time (no float64 copy of the whole array)."""
-    total = np.zeros(h.shape[1])
-    for rows in iter_row_blocks(len(h), h.shape[1]):
-        total += h[rows].sum(axis=0, dtype=np.float64)
-    return total / len(h)
 
 
 class NCI(Detector):
@@ -118,7 +110,7 @@ class NCI(Detector):
         return PENULTIMATE
 
     def _fit(self, features: Features) -> None:
-        self.global_mean_ = _column_mean(features.layer(PENULTIMATE))
+        self.global_mean_ = column_mean(features.layer(PENULTIMATE))
 
     def _score(self, features: Features) -> np.ndarray:
         return nci_score(

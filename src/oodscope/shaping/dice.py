@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._params import validate_params
-from ..detectors._layerwise import iter_row_blocks
+from ..detectors._layerwise import column_mean
 from ..detectors.base import Detector
 from ..features import Features
 from ._base import (
@@ -43,14 +43,6 @@ def dice_mask(mean_features: Any, head_weight: Any, percentile: float = 90.0) ->
         )
     contributions = weight * mean
     return contributions > np.percentile(contributions, percentile)
-
-
-def _column_mean(h: np.ndarray) -> np.ndarray:
-    """Mean of the rows [D] in float64, summed in blocks of rows (no float64 copy of the whole array)."""
-    total = np.zeros(h.shape[1])
-    for rows in iter_row_blocks(len(h), h.shape[1]):
-        total += h[rows].sum(axis=0, dtype=np.float64)
-    return total / len(h)
 
 
 class DICE(_Shaping):
@@ -118,7 +110,7 @@ class DICE(_Shaping):
         return PENULTIMATE
 
     def _fit(self, features: Features) -> None:
-        self.mean_ = _column_mean(features.layer(PENULTIMATE))
+        self.mean_ = column_mean(features.layer(PENULTIMATE))
         self.mask_ = dice_mask(self.mean_, features.head_weight, self.percentile)
         super()._fit(features)
 
