@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_odin import keras_twin, small_convnet
 
 from oodscope import GEN, IODIN, ODIN, Features, Perturbation, evaluate, odin_score
 from oodscope.detectors import iodin_direction
@@ -40,17 +41,6 @@ def test_several_inputs_have_one_element_moved_each():
     np.testing.assert_allclose(moved["image"], [[1.0, 1.1, 1.0], [1.0, 1.0, 0.9]], rtol=1e-6)
     assert moved["image"].dtype == np.float32
     np.testing.assert_array_equal(moved["extra"], [[0.1, 0.0], [0.0, -0.1]])
-
-
-def small_convnet(torch, channels=2):
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(channels, 6, 3),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(6, 4),
-    )
 
 
 def test_the_perturbation_matches_torch_autograd():
@@ -99,13 +89,7 @@ def test_iodin_agrees_between_torch_and_keras_with_the_same_weights():
     torch = pytest.importorskip("torch")
     keras = pytest.importorskip("keras")
     net = small_convnet(torch)
-    inputs = keras.Input((8, 8, 2))
-    hidden = keras.layers.Conv2D(6, 3, activation="relu")(inputs)
-    hidden = keras.layers.GlobalAveragePooling2D()(hidden)
-    model = keras.Model(inputs, keras.layers.Dense(4)(hidden))
-    conv, dense = model.layers[1], model.layers[3]
-    conv.set_weights([net[0].weight.detach().numpy().transpose(2, 3, 1, 0), net[0].bias.detach().numpy()])
-    dense.set_weights([net[4].weight.detach().numpy().T, net[4].bias.detach().numpy()])
+    model = keras_twin(net, keras)
     x = np.random.default_rng(1).normal(size=(24, 2, 8, 8)).astype(np.float32)
 
     from_torch = (

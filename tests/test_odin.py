@@ -95,26 +95,37 @@ def test_an_error_inside_the_model_says_which_batch():
     assert "batch 1: inputs of shape (4, 5), float32" in " ".join(error.value.__notes__)
 
 
-def test_odin_agrees_between_torch_and_keras_with_the_same_weights():
-    """The same weights in torch and in Keras (on whichever Keras backend runs the tests) give the same ODIN
-    scores: the gradient primitive means the same thing on every framework."""
-    torch = pytest.importorskip("torch")
-    keras = pytest.importorskip("keras")
+def small_convnet(torch, channels: int = 2):
+    """Conv(channels → 6, 3x3)-ReLU-global average pool-Dense(4), seeded."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, 3),
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(channels, 6, 3),
         torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
         torch.nn.Linear(6, 4),
     )
-    inputs = keras.Input((8, 8, 1))
+
+
+def keras_twin(net, keras, channels: int = 2):
+    """The Keras functional model with the weights of :func:`small_convnet` (channels last, 8x8 inputs)."""
+    inputs = keras.Input((8, 8, channels))
     hidden = keras.layers.Conv2D(6, 3, activation="relu")(inputs)
     hidden = keras.layers.GlobalAveragePooling2D()(hidden)
     model = keras.Model(inputs, keras.layers.Dense(4)(hidden))
     conv, dense = model.layers[1], model.layers[3]
     conv.set_weights([net[0].weight.detach().numpy().transpose(2, 3, 1, 0), net[0].bias.detach().numpy()])
     dense.set_weights([net[4].weight.detach().numpy().T, net[4].bias.detach().numpy()])
+    return model
+
+
+def test_odin_agrees_between_torch_and_keras_with_the_same_weights():
+    """The same weights in torch and in Keras (on whichever Keras backend runs the tests) give the same ODIN
+    scores: the gradient primitive means the same thing on every framework."""
+    torch = pytest.importorskip("torch")
+    keras = pytest.importorskip("keras")
+    net = small_convnet(torch, channels=1)
+    model = keras_twin(net, keras, channels=1)
     x = np.random.default_rng(0).normal(size=(24, 1, 8, 8)).astype(np.float32)
 
     detector = ODIN(temperature=10.0, eps=0.01)
