@@ -331,8 +331,9 @@ def in_range(whitener: Any, directions: Any, tolerance: float = 1e-10) -> bool:
     form = whitener_form(whitener)
     directions = np.asarray(directions, dtype=np.float64)
     if form.triangular:  # the live units' covariance is invertible: the range is the live units'
-        outside = directions if form.live is None else np.delete(directions, form.live, axis=0)
-        outside = outside[:0] if form.live is None else outside
+        if form.live is None:
+            return True
+        outside = np.delete(directions, form.live, axis=0)
     else:  # the eigen route: W's columns are orthogonal
         whitener = np.asarray(whitener, dtype=np.float64)
         basis = whitener / np.linalg.norm(whitener, axis=0)
