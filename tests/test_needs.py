@@ -12,7 +12,7 @@ from oodscope import GEN, ODIN, Features, bind, evaluate, extract
 from oodscope.detectors import Detector
 from oodscope.detectors.energy import energy_score
 from oodscope.losses import KLToUniform, MaxLogit
-from oodscope.needs import Gradient, GradientOf, Needs, PassKind
+from oodscope.needs import LOGITS, FromPass, Gradient, GradientOf, Needs, PassKind, Perturbation, Unperturbed
 from oodscope.plan import Plan
 
 
@@ -151,3 +151,121 @@ def test_a_gradient_or_an_edit_of_a_missing_layer_is_an_error_before_any_pass():
     assert [(e["detector"], e["stage"]) for e in report.errors] == [("Broken()", "extract")]
     assert "no layer 'nope'" in report.errors[0]["error"]
     assert isinstance(Features(logits=np.zeros((1, 2))).pass_kind, type(None))
+
+
+class Shift(Detector):
+    """How far a perturbation moved the penultimate features: ``‖h(x̃) − h(x)‖``, reading the layer before
+    the perturbation as ``Unperturbed``."""
+
+    requires = frozenset({"logits"})
+    needs_fit = False
+
+    def __init__(self, eps: float = 0.1) -> None:
+        self.eps = eps
+
+    def needs(self, layers=None):
+        move = Perturbation(loss=MaxLogit(), step=float(self.eps))
+        return Needs(layers=("penultimate", Unperturbed("penultimate")), perturbation=move)
+
+    def _score(self, features):
+        moved = features.layer("penultimate") - features.layer(Unperturbed("penultimate"))
+        return np.linalg.norm(moved, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Zero:
+    """An edit: a layer's output set to zero."""
+
+    def __call__(self, tensor, ops):
+        return tensor * 0.0
+
+
+class TwoPasses(Detector):
+    """The largest of the plain logits plus those of a pass with the penultimate features clipped: a
+    detector that reads three passes (one of them for nothing but the test)."""
+
+    requires = frozenset({"logits"})
+    needs_fit = False
+
+    def __init__(self) -> None:
+        pass
+
+    def needs(self, layers=None):
+        return Needs(
+            also={
+                "clipped": Needs(edits={"penultimate": Clip(0.3)}),
+                "zeroed": Needs(edits={"penultimate": Zero()}),
+            }
+        )
+
+    def _score(self, features):
+        return (features.logits + features.layer(FromPass("clipped", LOGITS))).max(axis=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_a_perturbed_pass_also_gives_the_layer_before_the_perturbation(case):
+    model, x = case()
+    before = extract(model, x, ["penultimate"]).layer("penultimate")
+    plan = Plan(bind(model, batch_size=7), strict=True)
+    plan.add("shift", Shift(eps=0.1).needs())
+    got = plan.features(x)["shift"]
+    np.testing.assert_allclose(got.layer(Unperturbed("penultimate")), before, rtol=1e-6)
+    after = got.layer("penultimate")
+    assert np.abs(after - before).max() > 1e-3, "the perturbation moved the inputs"
+    result = Shift(eps=0.1).fit(model).score(x, batch_size=7)
+    np.testing.assert_allclose(result.scores, np.linalg.norm(after - before, axis=1), rtol=1e-5)
+    with pytest.raises(ValueError, match="Unperturbed keys need Needs\\(perturbation"):
+        Plan(None).add("bad", Needs(layers=(Unperturbed("penultimate"),)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_a_detector_reads_other_passes_which_it_shares_with_other_detectors(case):
+    model, x = case()
+    plain = extract(model, x, ["penultimate"], with_head=True)
+    clipped = np.minimum(plain.layer("penultimate"), 0.3) @ plain.head_weight.T + plain.head_bias
+    result = TwoPasses().fit(model).score(x, batch_size=7)
+    np.testing.assert_allclose(result.scores, (plain.logits + clipped).max(axis=1), rtol=1e-5)
+
+    plan = Plan(bind(model, batch_size=7))
+    for name, detector in {"two": TwoPasses(), "clip": ClippedEnergy(value=0.3), "gen": GEN()}.items():
+        plan.add(name, detector.needs())
+    assert plan.passes() == 3 and plan.names == ["two", "clip", "gen"]  # plain, clipped, zeroed
+    views = plan.features(x)
+    np.testing.assert_allclose(views["two"].layer(FromPass("clipped", LOGITS)), views["clip"].logits)
+    assert sorted(map(repr, views["two"].layers)) == sorted(
+        map(repr, [FromPass("clipped", LOGITS), FromPass("zeroed", LOGITS)])
+    )
+    report = evaluate(model, None, x[:10], {"rest": x[10:]}, {"two": TwoPasses(), "gen": GEN()}, batch_size=5)
+    np.testing.assert_allclose(report.ood_scores["two"]["rest"], result.scores[10:], rtol=1e-6)
+
+
+def test_passes_of_passes_are_refused():
+    nested = Needs(also={"a": Needs(also={"b": Needs()})})
+    with pytest.raises(ValueError, match="declares passes of its own"):
+        Plan(None).add("nested", nested)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_ops_svd_is_the_thin_svd_on_every_framework(case):
+    model, _ = case()
+    from oodscope.backends import get_backend
+
+    ops = get_backend(model).ops
+    m = np.random.default_rng(1).normal(size=(2, 5, 3)).astype(np.float32)
+    native = ops.native
+    tensor = native.convert_to_tensor(m) if hasattr(native, "convert_to_tensor") else native.from_numpy(m)
+    u, s, vh = (
+        np.asarray(part if isinstance(part, np.ndarray) else _numpy(part)) for part in ops.svd(tensor)
+    )
+    assert u.shape == (2, 5, 3) and s.shape == (2, 3) and vh.shape == (2, 3, 3)
+    np.testing.assert_allclose(np.einsum("bik,bk,bkj->bij", u, s, vh), m, atol=1e-5)
+    np.testing.assert_allclose(s, np.linalg.svd(m, compute_uv=False), rtol=1e-5)
+    assert ops.channels_last == get_backend(model).channels_last
+
+
+def _numpy(tensor):
+    if hasattr(tensor, "detach"):
+        return tensor.detach().cpu().numpy()
+    import keras
+
+    return keras.ops.convert_to_numpy(tensor)

@@ -23,7 +23,7 @@ import numpy as np
 from ._batches import count_batches, count_rows, iter_batches, note_failed_batch, to_numpy
 from .backends import INPUT, Backend, HeadNotLinearError, get_backend
 from .features import Features
-from .needs import GradientOf, PassKind, layer_tuple
+from .needs import GradientOf, PassKind, Unperturbed, layer_tuple
 
 __all__ = ["extract", "global_average_pool", "run_pass"]
 
@@ -266,15 +266,21 @@ def run_pass(
     """One pass of a :class:`~oodscope.BoundModel` over ``data``: the engine behind :func:`extract` and the
     planner (:mod:`oodscope.plan`).
 
-    ``layer_ids`` are the keys of the Features' layers: layer ids and, in a pass that differentiates a loss,
-    ``GradientOf(target)`` for targets in ``wrt``. ``postproc`` maps them to ``fn(raw_batch) -> [B, D]``
-    (missing or None: global average pooling). The :class:`~oodscope.needs.PassKind` says what else the pass
-    does, batch by batch: move the inputs against the gradient of a loss first (a forward and a backward
-    pass), run the forward with edits, and differentiate a loss in the forward that gives the Features.
+    ``layer_ids`` are the keys of the Features' layers: layer ids; in a pass that differentiates a loss,
+    ``GradientOf(target)`` for targets in ``wrt``; in a perturbed pass, ``Unperturbed(layer)`` for a layer as
+    the forward on the original inputs (the one the perturbation's gradient is taken in) gave it.
+    ``postproc`` maps them to ``fn(raw_batch) -> [B, D]`` (missing or None: global average pooling). The
+    :class:`~oodscope.needs.PassKind` says what else the pass does, batch by batch: move the inputs against
+    the gradient of a loss first (a forward and a backward pass), run the forward with edits, and
+    differentiate a loss in the forward that gives the Features.
     """
     kind = kind or PassKind()
-    taps = [key for key in layer_ids if not isinstance(key, GradientOf)]
+    taps = [key.target if isinstance(key, Unperturbed) else key for key in layer_ids]
+    taps = list(dict.fromkeys(key for key in taps if not isinstance(key, GradientOf)))
     taps += [target for target in wrt if target != INPUT and target not in taps]
+    unperturbed = [key for key in layer_ids if isinstance(key, Unperturbed)]
+    if unperturbed and kind.perturbation is None:
+        raise ValueError(f"{unperturbed[0]!r} is read in {kind}, which perturbs nothing.")
     rows = count_rows(data)
     logits, labels = _Columns(rows), _Columns(rows)
     layers = {layer_id: _Columns(rows) for layer_id in layer_ids}
@@ -297,13 +303,16 @@ def run_pass(
             x = inputs
             if kind.perturbation is not None:
                 x = _numpy_inputs(inputs)
-                _, _, gradients = runner.gradients(x, kind.perturbation.loss, (INPUT,))
+                _, original, gradients = runner.gradients(x, kind.perturbation.loss, (INPUT,))
                 x = kind.perturbation.apply(x, gradients[INPUT])
+                original = {key: original[key.target] for key in unperturbed}
             if kind.loss is None:
                 batch_logits, activations = runner.run_batch(x)
             else:
                 batch_logits, activations, gradients = runner.gradients(x, kind.loss, tuple(wrt))
                 activations.update({GradientOf(target): value for target, value in gradients.items()})
+            if unperturbed:
+                activations.update(original)
             logits.add(batch_logits)
             for layer_id in layer_ids:
                 layers[layer_id].add(_reduce(layer_id, activations[layer_id], postproc.get(layer_id), runner))

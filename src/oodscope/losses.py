@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["KLToUniform", "MaxLogit", "PredictedClassCE"]
+__all__ = ["KLToUniform", "MaxLogit", "Negated", "PredictedClassCE"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +47,14 @@ class KLToUniform:
 
     def __call__(self, logits: Any, ops: Any) -> Any:
         return -ops.total(ops.mean(ops.log_softmax(logits)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Negated:
+    """The negative of another loss: a :class:`~oodscope.needs.Perturbation` moves the inputs against the
+    gradient of its loss, so ``Negated(MaxLogit())`` moves them up the max logit (AdaSCALE's step)."""
+
+    loss: Any
+
+    def __call__(self, logits: Any, ops: Any) -> Any:
+        return -self.loss(logits, ops)

@@ -13,6 +13,15 @@ Besides layers and the head's weights, a detector may need the inputs moved alon
 (:class:`Perturbation`), edits of layers inside the forward (``Needs.edits``) and gradients of a loss with
 respect to layer outputs (:class:`Gradient`, read as ``features.layer(GradientOf(layer))``). Detectors whose
 needs have the same :class:`PassKind` share one pass.
+
+A detector may read more than one pass of the same data. Two keys of ``Features.layers`` serve this:
+
+- ``Unperturbed(layer)``: in a perturbed pass, the layer as the forward on the *original* inputs gave it.
+  That forward is the one the gradient of the perturbation is taken in, so it costs nothing more (AdaSCALE
+  compares a layer before and after its perturbation);
+- ``FromPass(name, key)``: a layer (or ``LOGITS``) of another pass, declared in ``Needs.also[name]``
+  (RankFeat averages the logits of two forwards, each with another block edited). Each of those passes is
+  planned like a detector's own: it is shared with every detector that needs the same kind of pass.
 """
 
 from __future__ import annotations
@@ -24,7 +33,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Gradient", "GradientOf", "Needs", "PassKind", "Perturbation", "SignOfGradient"]
+__all__ = [
+    "LOGITS",
+    "FromPass",
+    "Gradient",
+    "GradientOf",
+    "Needs",
+    "PassKind",
+    "Perturbation",
+    "SignOfGradient",
+    "Unperturbed",
+]
 
 #: ``reduce(raw_activation_batch, channels_last) -> [B, D]``: a detector's own post-processing of a layer
 Reduction = Callable[..., np.ndarray]
@@ -97,6 +116,34 @@ class GradientOf:
 
 
 @dataclasses.dataclass(frozen=True)
+class Unperturbed:
+    """The key of a layer as the original inputs gave it, in the Features of a perturbed pass:
+    ``features.layer(Unperturbed("penultimate"))`` beside ``features.layer("penultimate")`` (what the moved
+    inputs gave).
+
+    It is the tap of the forward pass that the perturbation's gradient is taken in, so reading it runs
+    nothing more. It is reduced like the layer itself (the user's post-processing of the layer, else the
+    detector's reduction for this key, else global average pooling).
+    """
+
+    target: Hashable
+
+
+#: the key of another pass's logits: ``features.layer(FromPass(name, LOGITS))``
+LOGITS = "<logits>"
+
+
+@dataclasses.dataclass(frozen=True)
+class FromPass:
+    """The key of what another pass gave, for a detector that reads several passes of the same data:
+    ``features.layer(FromPass(name, key))`` holds ``key`` (a layer id, a ``GradientOf``, or :data:`LOGITS`)
+    of the pass ``Needs.also[name]`` describes."""
+
+    name: Hashable
+    key: Hashable
+
+
+@dataclasses.dataclass(frozen=True)
 class PassKind:
     """What makes two passes different: detectors of the same kind share one pass per dataset.
 
@@ -139,9 +186,13 @@ class Needs:
     gradient : Gradient or None
         Gradients of a loss read as features (``GradientOf(target)``).
     reductions : mapping of layer id to function
-        The detector's own post-processing of some of its layers (``GradientOf`` keys too),
-        ``fn(values, channels_last)`` on the raw batch (e.g. Gram's statistics); the user's ``postproc_fns``
-        take precedence.
+        The detector's own post-processing of some of its layers (``GradientOf`` and ``Unperturbed`` keys
+        too), ``fn(values, channels_last)`` on the raw batch (e.g. Gram's statistics); the user's
+        ``postproc_fns`` take precedence.
+    also : mapping of name to Needs
+        Other passes of the same data the detector reads, by a name of its choosing; what pass ``name`` gives
+        is in the Features as ``FromPass(name, key)`` for each of its keys and its logits (``LOGITS``). An
+        entry has no ``also`` of its own.
     """
 
     layers: tuple[Hashable, ...] = ()
@@ -150,6 +201,7 @@ class Needs:
     edits: Mapping[Hashable, Callable] = dataclasses.field(default_factory=dict)
     gradient: Gradient | None = None
     reductions: Mapping[Hashable, Reduction] = dataclasses.field(default_factory=dict)
+    also: Mapping[Hashable, Needs] = dataclasses.field(default_factory=dict)
 
     def kind(self) -> PassKind:
         """The kind of pass these needs are served by."""
@@ -160,16 +212,36 @@ class Needs:
         )
 
     def keys(self) -> tuple[Hashable, ...]:
-        """The keys it reads from ``Features.layers``: its layers, then ``GradientOf`` of each target."""
+        """The keys its own pass gives in ``Features.layers``: its layers, then ``GradientOf`` of each target
+        (the passes of ``also`` add their ``FromPass`` keys beside these)."""
         targets = () if self.gradient is None else self.gradient.wrt
         return self.layers + tuple(GradientOf(target) for target in targets)
 
     def model_layers(self) -> tuple[Hashable, ...]:
-        """Every layer id the model must have for these needs (read, differentiated or edited)."""
+        """Every layer id the model must have for these needs (read, differentiated or edited), also in the
+        passes of ``also``."""
         targets = () if self.gradient is None else self.gradient.wrt
         from .backends import INPUT  # the backends package imports no framework
 
-        return tuple(dict.fromkeys((*self.layers, *(t for t in targets if t != INPUT), *self.edits)))
+        read = (layer.target if isinstance(layer, Unperturbed) else layer for layer in self.layers)
+        others = (layer for need in self.also.values() for layer in need.model_layers())
+        return tuple(dict.fromkeys((*read, *(t for t in targets if t != INPUT), *self.edits, *others)))
+
+    def check(self, who: str) -> None:
+        """Raise ValueError when these needs cannot be served: ``Unperturbed`` keys without a perturbation,
+        or an ``also`` pass with passes of its own."""
+        unperturbed = [layer for layer in self.layers if isinstance(layer, Unperturbed)]
+        if unperturbed and self.perturbation is None:
+            raise ValueError(
+                f"{who} reads {unperturbed[0]!r}, the layer before a perturbation, but its pass perturbs "
+                "nothing: Unperturbed keys need Needs(perturbation=...)."
+            )
+        for name, need in self.also.items():
+            if need.also:
+                raise ValueError(
+                    f"{who}'s pass {name!r} declares passes of its own (also=); give them all at once."
+                )
+            need.check(f"{who}'s pass {name!r}")
 
 
 def layer_tuple(layers: Any) -> tuple[Hashable, ...]:

@@ -14,6 +14,7 @@ Features) load as before, and older oodscope versions read files with one.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -30,7 +31,7 @@ from .detectors._registry import available, registry_name
 from .detectors.base import Detector, is_learned_name
 from .features import Features
 from .fingerprint import ModelFingerprint, ModelMismatchError, fingerprint
-from .needs import PassKind
+from .needs import FromPass, GradientOf, PassKind, Unperturbed
 
 __all__ = ["load", "save", "DetectorFileError", "ModelMismatchError"]
 
@@ -232,6 +233,10 @@ class _ArrayReader:
 _OBJECTS = (("__detector__", Detector), ("__aggregator__", Aggregator))
 
 
+#: the keys of ``Features.layers`` besides layer ids, which a detector's state may hold (its fit widths)
+_KEYS = {cls.__name__: cls for cls in (GradientOf, Unperturbed, FromPass)}
+
+
 def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -255,6 +260,9 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
                 for i, (k, v) in enumerate(value.items())
             ]
         }
+    if type(value) in _KEYS.values():  # a key of Features.layers, e.g. in the fit widths
+        fields = [getattr(value, field.name) for field in dataclasses.fields(value)]
+        return {"__key__": type(value).__name__, "fields": _encode(fields, arrays, f"{key}.fields")}
     for tag, base in _OBJECTS:
         if isinstance(value, base):
             return {
@@ -283,6 +291,11 @@ def _decode(value: Any, arrays: _ArrayReader) -> Any:
         return tuple(_decode(item, arrays) for item in value["__tuple__"])
     if "__items__" in value:
         return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
+    if "__key__" in value:
+        cls = _KEYS.get(value["__key__"])
+        if cls is None:
+            raise DetectorFileError(f"Unknown layer key {value['__key__']!r} in the detector file.")
+        return cls(*_decode(value["fields"], arrays))
     for tag, base in _OBJECTS:
         if tag in value:
             cls = _known(base).get(value[tag]) or _known(base).get(_former_name(value[tag]))

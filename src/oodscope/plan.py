@@ -6,12 +6,14 @@ inputs perturbed along the gradient of a loss; one with edited layers; one that 
 runs each kind once per dataset: every layer that any detector of the group reads is extracted once, with
 every distinct post-processing of it side by side, and every gradient target of the group's loss once.
 Each detector then gets exactly the :class:`~oodscope.Features` its own ``fit(model)`` / ``score(data)``
-would have seen (:meth:`Plan.features`). A single detector's ``fit`` and ``score`` use a plan of one; so do
-``evaluate`` and ``tune`` with many.
+would have seen (:meth:`Plan.features`). A detector that reads several passes (``Needs.also``) has each of
+them planned like a detector of its own, and gets what they gave as ``FromPass`` keys of its Features. A
+single detector's ``fit`` and ``score`` use a plan of one; so do ``evaluate`` and ``tune`` with many.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -22,7 +24,7 @@ import numpy as np
 
 from .extract import _postproc_map, global_average_pool, run_pass
 from .features import Features
-from .needs import Needs, PassKind, layer_tuple, same_function_key
+from .needs import LOGITS, FromPass, Needs, PassKind, Unperturbed, layer_tuple, same_function_key
 
 __all__ = ["Plan"]
 
@@ -79,8 +81,9 @@ class _Group:
         if needs.gradient is not None:
             self.wrt += [target for target in needs.gradient.wrt if target not in self.wrt]
         for layer in needs.keys():
-            if layer in user:  # the user's choice wins, as in fit()
-                fn = user[layer]
+            base = layer.target if isinstance(layer, Unperturbed) else layer
+            if base in user:  # the user's choice wins, as in fit(); a layer before a perturbation like after
+                fn = user[base]
             elif layer in needs.reductions:
                 fn = functools.partial(needs.reductions[layer], channels_last=channels_last)
             else:
@@ -159,7 +162,10 @@ class Plan:
         self.bound = bound
         self.strict = strict
         self._groups: dict[Any, _Group] = {}
-        self._group_of: dict[str, _Group] = {}
+        self._group_of: dict[
+            Hashable, _Group
+        ] = {}  # detector names, and (name, pass name) for their ``also``
+        self._also: dict[str, dict[Hashable, Hashable]] = {}  # name -> {pass name: its key in _group_of}
         self._done: list[tuple[Any, dict[Any, Features]]] = []
         self._user: dict[Hashable, Any] = {}
         if bound is not None and bound.postproc_fns is not None:
@@ -170,6 +176,14 @@ class Plan:
 
     def add(self, name: str, needs: Needs) -> None:
         """Register detector ``name`` with its needs (the layers already chosen, see ``Detector.needs``)."""
+        needs.check(name)
+        self._add(name, needs)
+        self._also[name] = {}
+        for other, need in needs.also.items():
+            self._add((name, other), need)
+            self._also[name][other] = (name, other)
+
+    def _add(self, name: Hashable, needs: Needs) -> None:
         kind = needs.kind()
         if self.bound is not None:
             if kind.perturbation is not None or kind.loss is not None:
@@ -185,7 +199,7 @@ class Plan:
 
     @property
     def names(self) -> list[str]:
-        return list(self._group_of)
+        return list(self._also)
 
     def passes(self) -> int:
         """The number of passes per dataset (one per kind of pass)."""
@@ -199,7 +213,7 @@ class Plan:
         Passes are run for the kinds of pass those detectors need, each once; ``timings[label]`` gets the
         seconds spent. Features given as ``data`` go to every detector as they are.
         """
-        wanted = self.names if names is None else [name for name in names if name in self._group_of]
+        wanted = self.names if names is None else [name for name in names if name in self._also]
         if isinstance(data, Features):
             if timings is not None:
                 timings[label] = 0.0
@@ -209,7 +223,8 @@ class Plan:
             done = {}
             self._done.append((data, done))
         start, ran = time.perf_counter(), 0
-        for group in dict.fromkeys(self._group_of[name] for name in wanted):
+        entries = [entry for name in wanted for entry in (name, *self._also[name].values())]
+        for group in dict.fromkeys(self._group_of[entry] for entry in entries):
             if group.kind not in done:
                 if self.bound is None:
                     raise TypeError(
@@ -222,7 +237,31 @@ class Plan:
         if timings is not None:
             timings[label] = timings.get(label, 0.0) + seconds
         log.info("%r: %d pass(es) in %.2f s.", label, ran, seconds)
-        return {name: self._group_of[name].view(done[self._group_of[name].kind], name) for name in wanted}
+        return {name: self._view(done, name) for name in wanted}
+
+    def _view(self, done: Mapping[PassKind, Features], name: str) -> Features:
+        group = self._group_of[name]
+        features = group.view(done[group.kind], name)
+        if not self._also[name]:
+            return features
+        layers = dict(features.layers)
+        for other, entry in self._also[name].items():
+            part = self._group_of[entry]
+            given = part.view(done[part.kind], entry)
+            layers.update({FromPass(other, key): values for key, values in given.layers.items()})
+            layers[FromPass(other, LOGITS)] = given.logits
+            if features.head_weight is None:  # the same head in every pass, read by whichever asked for it
+                features = dataclasses.replace(
+                    features, head_weight=given.head_weight, head_bias=given.head_bias
+                )
+        return Features._unchecked(
+            logits=features.logits,
+            layers=layers,
+            labels=features.labels,
+            head_weight=features.head_weight,
+            head_bias=features.head_bias,
+            pass_kind=features.pass_kind,
+        )
 
     def forget(self, data: Any) -> None:
         """Drop the features kept for ``data``."""

@@ -88,6 +88,8 @@ class Ops:
     """
 
     native: Any = None
+    #: whether feature maps are [B, ..., C] (Keras) rather than [B, C, ...] (torch), for edits of maps
+    channels_last: bool = False
 
     def log_softmax(self, z: Any) -> Any:
         raise NotImplementedError
@@ -120,6 +122,11 @@ class Ops:
 
     def maximum(self, t: Any, value: float) -> Any:
         """Element-wise ``max(t, value)`` for a number ``value``."""
+        raise NotImplementedError
+
+    def svd(self, m: Any) -> tuple[Any, Any, Any]:
+        """The thin singular value decomposition of every matrix of ``m`` [..., M, N]: ``(u [..., M, K],
+        s [..., K], vh [..., K, N])`` with ``K = min(M, N)``, ``s`` descending, ``m = u · diag(s) · vh``."""
         raise NotImplementedError
 
 

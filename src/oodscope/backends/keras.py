@@ -105,6 +105,7 @@ class KerasOps(Ops):
     """
 
     native = keras.ops
+    channels_last = True
 
     def log_softmax(self, z: Any) -> Any:
         return keras.ops.log_softmax(z, axis=-1)
@@ -136,6 +137,9 @@ class KerasOps(Ops):
 
     def maximum(self, t: Any, value: float) -> Any:
         return keras.ops.maximum(t, keras.ops.cast(value, t.dtype))
+
+    def svd(self, m: Any) -> tuple[Any, Any, Any]:
+        return keras.ops.svd(m, full_matrices=False)
 
 
 #: where a tensor of the graph is made: ("input", i) or ("op", id(operation), output index)

@@ -75,6 +75,9 @@ class TorchOps(Ops):
     def maximum(self, t: torch.Tensor, value: float) -> torch.Tensor:
         return torch.clamp(t, min=value)
 
+    def svd(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.linalg.svd(m, full_matrices=False)
+
 
 class TorchBackend(Backend):
     """Run a ``torch.nn.Module`` over batches and capture the requested layers with forward hooks.
