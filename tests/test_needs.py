@@ -269,3 +269,152 @@ def _numpy(tensor):
     import keras
 
     return keras.ops.convert_to_numpy(tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfSquaredNorm:
+    """A loss that reads a layer: ``Σ_i ½‖pool(h_i) − c‖²``, whose gradient with respect to a [B, D] layer h
+    is ``h − c``."""
+
+    layer: str = "penultimate"
+    centre: float = 0.0
+
+    @property
+    def reads(self):
+        return (self.layer,)
+
+    def __call__(self, logits, ops, taps):
+        h = ops.pool(taps[self.layer])
+        shifted = h - ops.constant(np.full(h.shape[1:], self.centre), like=h)
+        return ops.total(shifted * shifted) * 0.5
+
+
+class LayerPull(Detector):
+    """The norm of the gradient of a loss that reads the penultimate layer."""
+
+    requires = frozenset({"logits"})
+    needs_fit = False
+
+    def __init__(self, centre: float = 0.0) -> None:
+        self.centre = centre
+
+    def needs(self, layers=None):
+        loss = HalfSquaredNorm(centre=float(self.centre))
+        return Needs(gradient=Gradient(loss, ("penultimate",)))
+
+    def _score(self, features):
+        return np.linalg.norm(features.layer(GradientOf("penultimate")), axis=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_a_loss_may_read_layers(case):
+    model, x = case()
+    h = extract(model, x, ["penultimate"]).layer("penultimate")
+    plan = Plan(bind(model, batch_size=7), strict=True)
+    plan.add("pull", LayerPull(centre=0.25).needs())
+    got = plan.features(x)["pull"].layer(GradientOf("penultimate"))
+    np.testing.assert_allclose(got, h - 0.25, rtol=1e-5, atol=1e-6)
+    scores = LayerPull(centre=0.25).fit(model).score(x).scores
+    np.testing.assert_allclose(scores, np.linalg.norm(h - 0.25, axis=1), rtol=1e-5)
+    assert LayerPull().needs().model_layers() == ("penultimate",)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_a_loss_reading_a_layer_the_backend_does_not_tap_is_refused(case):
+    from oodscope.backends import INPUT, get_backend
+
+    model, x = case()
+    with get_backend(model)(model, layer_ids=()) as backend:
+        with pytest.raises(ValueError, match="reads layer 'penultimate', which is not one of"):
+            backend.gradients(x[:2], HalfSquaredNorm(), (INPUT,))
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_ops_pool_averages_feature_maps_in_the_framework_layout(case):
+    model, _ = case()
+    from oodscope.backends import get_backend
+
+    ops = get_backend(model).ops
+    maps = np.random.default_rng(2).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    tensor = ops.constant(maps, like=ops.constant(np.zeros(1, np.float32), like=_like(ops)))
+    axes = (1, 2) if ops.channels_last else (2, 3)
+    np.testing.assert_allclose(_numpy(ops.pool(tensor)), maps.mean(axis=axes), rtol=1e-5)
+    flat = ops.constant(maps[:, :, 0, 0], like=tensor)
+    np.testing.assert_array_equal(_numpy(ops.pool(flat)), maps[:, :, 0, 0])
+
+
+def _like(ops):
+    native = ops.native
+    if hasattr(native, "convert_to_tensor"):
+        return native.convert_to_tensor(np.zeros(1, np.float32))
+    return native.zeros(1)
+
+
+class _PullToCentre:
+    """``Σ_i ½‖h_i − μ‖²`` with μ the learned centre of a :class:`CentrePull`: a loss that reads learned
+    state, equal for the same detector across its fits, with a ``state_token`` that changes with every fit."""
+
+    reads = ("penultimate",)
+
+    def __init__(self, owner) -> None:
+        self.owner = owner
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _PullToCentre) and other.owner is self.owner
+
+    def __hash__(self) -> int:
+        return id(self.owner)
+
+    @property
+    def state_token(self):
+        return self.owner.fits
+
+    def __call__(self, logits, ops, taps):
+        h = taps["penultimate"]
+        shifted = h - ops.constant(self.owner.centre_, like=h)
+        return ops.total(shifted * shifted) * 0.5
+
+
+class CentrePull(Detector):
+    """Learns the mean μ of the plain penultimate features, then scores by the norm of the gradient of
+    ``½‖h − μ‖²`` (which is ``‖h − μ‖``): its scoring pass depends on what it learned."""
+
+    requires = frozenset({"logits"})
+
+    def __init__(self) -> None:
+        self.fits = 0
+
+    def fit_needs(self, layers=None):
+        return Needs(layers=("penultimate",))
+
+    def needs(self, layers=None):
+        return Needs(gradient=Gradient(_PullToCentre(self), ("penultimate",)))
+
+    def _fit(self, features):
+        self.centre_ = features.layer("penultimate").mean(axis=0)
+        self.fits += 1
+
+    def _score(self, features):
+        return np.linalg.norm(features.layer(GradientOf("penultimate")), axis=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["torch", "keras"])
+def test_a_detector_may_read_the_fit_data_otherwise_than_it_scores(case):
+    model, x = case()
+    h = extract(model, x, ["penultimate"]).layer("penultimate")
+    detector = CentrePull().fit(model, x[:12], batch_size=5)
+    np.testing.assert_allclose(detector.centre_, h[:12].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        detector.score(x[12:]).scores, np.linalg.norm(h[12:] - detector.centre_, axis=1), rtol=1e-4
+    )
+    detector.fit(model, x[12:], batch_size=5)  # a refit: the loss's constants change, and are used
+    np.testing.assert_allclose(
+        detector.score(x[:12]).scores, np.linalg.norm(h[:12] - h[12:].mean(axis=0), axis=1), rtol=1e-4
+    )
+    report = evaluate(
+        model, x[:12], x[12:16], {"rest": x[16:]}, {"pull": CentrePull(), "gen": GEN()}, batch_size=5
+    )
+    assert not report.errors
+    np.testing.assert_allclose(
+        report.ood_scores["pull"]["rest"], np.linalg.norm(h[16:] - h[:12].mean(axis=0), axis=1), rtol=1e-4
+    )

@@ -278,6 +278,7 @@ def run_pass(
     taps = [key.target if isinstance(key, Unperturbed) else key for key in layer_ids]
     taps = list(dict.fromkeys(key for key in taps if not isinstance(key, GradientOf)))
     taps += [target for target in wrt if target != INPUT and target not in taps]
+    taps += [layer for layer in kind.reads() if layer not in taps]  # what its losses read
     unperturbed = [key for key in layer_ids if isinstance(key, Unperturbed)]
     if unperturbed and kind.perturbation is None:
         raise ValueError(f"{unperturbed[0]!r} is read in {kind}, which perturbs nothing.")

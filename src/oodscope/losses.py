@@ -1,7 +1,9 @@
 """Scalar losses of the logits that gradient-based methods differentiate, written once for every framework.
 
 A loss is any callable ``loss(logits, ops) -> scalar`` (see :class:`oodscope.backends.Ops`): the backend
-calls it on its own tensors inside the forward and differentiates it with its own autodiff. The losses below
+calls it on its own tensors inside the forward and differentiates it with its own autodiff. A loss that also
+depends on layers names them in a ``reads`` attribute and is called ``loss(logits, ops, taps)`` with
+``taps = {layer: tensor}`` (see :func:`oodscope.backends.loss_value`). The losses below
 are frozen dataclasses, so that equal losses compare equal and detectors that need the same gradient share
 one gradient pass (``evaluate`` groups them by loss). Each sums over the batch: samples do not interact in
 an evaluation-mode forward, so the gradient with respect to one sample's input is that sample's own.

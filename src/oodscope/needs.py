@@ -155,6 +155,11 @@ class PassKind:
     edits: frozenset = frozenset()
     loss: Hashable = None
 
+    def reads(self) -> tuple[Hashable, ...]:
+        """The layers that the losses of this pass read (a loss's ``reads`` attribute)."""
+        losses = (self.loss, None if self.perturbation is None else self.perturbation.loss)
+        return tuple(dict.fromkeys(layer for loss in losses for layer in getattr(loss, "reads", ())))
+
     def __str__(self) -> str:
         parts = []
         if self.perturbation is not None:
@@ -225,7 +230,10 @@ class Needs:
 
         read = (layer.target if isinstance(layer, Unperturbed) else layer for layer in self.layers)
         others = (layer for need in self.also.values() for layer in need.model_layers())
-        return tuple(dict.fromkeys((*read, *(t for t in targets if t != INPUT), *self.edits, *others)))
+        losses = self.kind().reads()
+        return tuple(
+            dict.fromkeys((*read, *(t for t in targets if t != INPUT), *self.edits, *losses, *others))
+        )
 
     def check(self, who: str) -> None:
         """Raise ValueError when these needs cannot be served: ``Unperturbed`` keys without a perturbation,

@@ -13,7 +13,8 @@ A backend offers *primitives*, never methods named after a detector (see :class:
 - *edits*: functions applied to a layer's output inside the forward, so that the rest of the network sees
   the edited tensor (given when the backend is built);
 - ``gradients(x, loss, wrt)``: the gradient of a scalar loss of the logits (a :mod:`oodscope.losses` object
-  or any function ``loss(logits, ops)``) with respect to the input and/or captured layer outputs;
+  or any function ``loss(logits, ops)``; a loss with a ``reads`` attribute also gets those layers' tensors,
+  see :func:`loss_value`) with respect to the input and/or captured layer outputs;
 - ``head_weights()``: the final linear layer's (W [C, D], b [C]);
 - ``weight_shapes()``: the layers that hold weights, with the shapes of those weights (what a saved detector
   remembers of its model, see :mod:`oodscope.fingerprint`).
@@ -124,10 +125,46 @@ class Ops:
         """Element-wise ``max(t, value)`` for a number ``value``."""
         raise NotImplementedError
 
+    def pool(self, t: Any) -> Any:
+        """Global average pooling of a feature map to [B, C] (channels first or last as the framework lays
+        them out, see ``channels_last``); a [B, D] tensor is returned as it is."""
+        raise NotImplementedError
+
+    def constant(self, array: Any, like: Any) -> Any:
+        """A numpy array as a constant tensor of the dtype (and device) of the tensor ``like``."""
+        raise NotImplementedError
+
     def svd(self, m: Any) -> tuple[Any, Any, Any]:
         """The thin singular value decomposition of every matrix of ``m`` [..., M, N]: ``(u [..., M, K],
         s [..., K], vh [..., K, N])`` with ``K = min(M, N)``, ``s`` descending, ``m = u · diag(s) · vh``."""
         raise NotImplementedError
+
+
+def loss_value(loss: LossFn, logits: Any, ops: Ops, tensor_of: Callable[[LayerId], Any]) -> Any:
+    """``loss(logits, ops)``, or ``loss(logits, ops, {layer: tensor})`` for a loss that reads layers.
+
+    A loss declares the layers it reads in a ``reads`` attribute (a tuple of layer ids of the backend's taps,
+    e.g. a Mahalanobis distance of a layer's features to class means); it then gets their raw outputs in the
+    forward it differentiates, as framework tensors (after edits, and after the zero added for a gradient
+    with respect to the layer, so that gradients flow through them). ``tensor_of(layer)`` is the backend's
+    lookup, which raises for a layer that is not one of its taps.
+
+    A backend may compile the function that calls a loss, keyed by the loss (equal losses share it). A loss
+    whose constants change while it stays equal (it reads a detector's learned state, which a refit
+    replaces) gives a ``state_token`` attribute that changes with them.
+    """
+    reads = getattr(loss, "reads", ())
+    if not reads:
+        return loss(logits, ops)
+    return loss(logits, ops, {layer: tensor_of(layer) for layer in reads})
+
+
+def loss_reads_unknown(loss: Any, layer: LayerId, taps: Sequence[LayerId]) -> ValueError:
+    """The error for a loss that reads a layer the backend does not tap."""
+    return ValueError(
+        f"The loss {loss!r} reads layer {layer!r}, which is not one of this backend's layer_ids "
+        f"({list(taps)}); build the backend with it (a planner adds the layers a loss reads)."
+    )
 
 
 class Backend:

@@ -42,6 +42,8 @@ from oodscope.backends import (
     LossFn,
     Ops,
     layer_not_found,
+    loss_reads_unknown,
+    loss_value,
 )
 
 try:  # what Functional.call wraps each operation in (it passes `training` on); private, so optional
@@ -137,6 +139,12 @@ class KerasOps(Ops):
 
     def maximum(self, t: Any, value: float) -> Any:
         return keras.ops.maximum(t, keras.ops.cast(value, t.dtype))
+
+    def pool(self, t: Any) -> Any:
+        return t if len(t.shape) == 2 else keras.ops.mean(t, axis=tuple(range(1, len(t.shape) - 1)))
+
+    def constant(self, array: Any, like: Any) -> Any:
+        return keras.ops.convert_to_tensor(np.asarray(array), dtype=like.dtype)
 
     def svd(self, m: Any) -> tuple[Any, Any, Any]:
         return keras.ops.svd(m, full_matrices=False)
@@ -675,10 +683,17 @@ class KerasBackend(Backend):
 
     # --- gradients, per Keras backend ---------------------------------------------------------------------
 
-    def _loss_value(self, loss: LossFn, logits: Any) -> Any:
+    def _loss_value(self, loss: LossFn, logits: Any, outputs: Sequence[Any]) -> Any:
         if keras.backend.standardize_dtype(logits.dtype) in ("float16", "bfloat16"):
             logits = keras.ops.cast(logits, "float32")  # the loss in float32, as the outputs come back
-        value = loss(logits, self.ops)
+
+        def tensor_of(layer: LayerId) -> Any:
+            slot = self._slot_of.get(_hashable(layer))
+            if slot is None:
+                raise loss_reads_unknown(loss, layer, list(self.layer_ids))
+            return outputs[slot]
+
+        value = loss_value(loss, logits, self.ops, tensor_of)
         shape = getattr(value, "shape", None)
         if shape is None or len(shape) != 0:
             raise ValueError(
@@ -705,7 +720,7 @@ class KerasBackend(Backend):
                 return add
 
             logits, outputs = self._forward(x, {slot: delta_for(slot) for slot in slots})
-            value = self._loss_value(loss, logits)
+            value = self._loss_value(loss, logits, outputs)
         sources = [keras.tree.flatten(x) if want_input else [], [deltas[slot] for slot in slots]]
         grads = tape.gradient(value, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return logits, outputs, grads[0], grads[1]
@@ -727,7 +742,7 @@ class KerasBackend(Backend):
                 return add
 
             logits, outputs = self._forward(x, {slot: delta_for(slot) for slot in slots})
-            value = self._loss_value(loss, logits)
+            value = self._loss_value(loss, logits, outputs)
             sources = [*(keras.tree.flatten(x) if want_input else []), *(deltas[slot] for slot in slots)]
             if value.requires_grad:
                 grads = list(torch.autograd.grad(value, sources, allow_unused=True))
@@ -753,7 +768,7 @@ class KerasBackend(Backend):
             logits, outputs = self._forward(
                 inputs, {slot: add(d) for slot, d in zip(slots, deltas, strict=True)}
             )
-            return self._loss_value(loss, logits), (logits, outputs)
+            return self._loss_value(loss, logits, outputs), (logits, outputs)
 
         argnums = (0, 1) if want_input else (1,)
         (_, (logits, outputs)), grads = jax.value_and_grad(function, argnums=argnums, has_aux=True)(x, zeros)
@@ -875,8 +890,10 @@ class KerasBackend(Backend):
         except TypeError:  # cannot key a compiled function by it: run eagerly
             logits, outputs, input_grads, slot_grads = differentiate(tensor)
         else:
+            # a loss whose constants change (learned state) says so by its state_token: a new trace
+            token = getattr(loss, "state_token", None)
             logits, outputs, input_grads, slot_grads = self._compiled_call(
-                ("gradients", loss, *key), differentiate, tensor
+                ("gradients", loss, token, *key), differentiate, tensor
             )
         logits, layers = self._results(logits, outputs)
         grads: dict[LayerId, Any] = {}

@@ -15,7 +15,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import INPUT, PENULTIMATE, Backend, EditFn, HeadNotLinearError, LayerId, LossFn, Ops, layer_not_found
+from . import (
+    INPUT,
+    PENULTIMATE,
+    Backend,
+    EditFn,
+    HeadNotLinearError,
+    LayerId,
+    LossFn,
+    Ops,
+    layer_not_found,
+    loss_reads_unknown,
+    loss_value,
+)
 
 __all__ = ["TorchBackend", "TorchOps"]
 
@@ -74,6 +86,12 @@ class TorchOps(Ops):
 
     def maximum(self, t: torch.Tensor, value: float) -> torch.Tensor:
         return torch.clamp(t, min=value)
+
+    def pool(self, t: torch.Tensor) -> torch.Tensor:
+        return t if t.ndim == 2 else t.flatten(2).mean(dim=2)
+
+    def constant(self, array: Any, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=like.dtype, device=like.device)
 
     def svd(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.linalg.svd(m, full_matrices=False)
@@ -553,6 +571,15 @@ class TorchBackend(Backend):
                 )
             slots[target] = self._layer_slots[target]
         inputs = self._inputs(x)
+
+        def tapped(captured: dict[int, torch.Tensor]) -> Any:
+            def tensor_of(layer: LayerId) -> torch.Tensor:
+                if layer not in self._layer_slots:
+                    raise loss_reads_unknown(loss, layer, list(self._layer_slots))
+                return captured[self._layer_slots[layer]]
+
+            return tensor_of
+
         if INPUT in targets:
             if not inputs.is_floating_point():
                 raise TypeError(
@@ -570,7 +597,12 @@ class TorchBackend(Backend):
                         "The logits do not depend on the input through autograd (does forward() detach or "
                         "use torch.no_grad()?), so no gradient can be taken."
                     )
-                value = loss(logits.float() if logits.dtype in _HALF_DTYPES else logits, self.ops)
+                value = loss_value(
+                    loss,
+                    logits.float() if logits.dtype in _HALF_DTYPES else logits,
+                    self.ops,
+                    tapped(captured),
+                )
                 if not isinstance(value, torch.Tensor) or value.ndim != 0:
                     raise ValueError(
                         f"The loss must return a scalar tensor; got {getattr(value, 'shape', type(value))}."

@@ -107,24 +107,38 @@ class Session:
         self.bound = None if model is None else bind(model, **pass_options)
         self.plan = Plan(self.bound)
         self.layers = layers = dict(layers or {})
-        needs = {}
+        needs, fit_needs = {}, {}
+        #: the plan's name for the fit pass of a detector that reads the fit data otherwise than it scores
+        self.fit_entry: dict[str, str] = {}
         for name, detector in self.detectors.items():
             try:
                 detector._validate_params()  # a bad hyperparameter fails here, before any pass
                 needs[name] = detector.needs(layers.get(name))
+                fit_needs[name] = detector.fit_needs(layers.get(name))
             except (ValueError, TypeError) as error:
                 self.fail(name, "fit", None, error)
+        for name in list(needs):
+            if fit_needs[name] != needs[name] and self.detectors[name]._needs_fit():
+                self.fit_entry[name] = f"{name} <fit>"
         if self.bound is not None:
-            wanted = list(dict.fromkeys(layer for need in needs.values() for layer in need.model_layers()))
+            wanted = list(
+                dict.fromkeys(
+                    layer for need in (*needs.values(), *fit_needs.values()) for layer in need.model_layers()
+                )
+            )
             bad = unreachable_layers(self.bound.model, wanted, self.bound.head_layer_id)
             for name, need in needs.items():
-                missing = [layer for layer in need.model_layers() if layer in bad]
+                missing = [
+                    layer for layer in (*need.model_layers(), *fit_needs[name].model_layers()) if layer in bad
+                ]
                 if missing:
                     self.fail(name, "extract", None, bad[missing[0]])
         for name, need in needs.items():
             if name not in self.failed:
                 try:
                     self.plan.add(name, need)
+                    if name in self.fit_entry:
+                        self.plan.add(self.fit_entry[name], fit_needs[name])
                 except Exception as error:  # e.g. a backend without the gradients a perturbation needs
                     self.fail(name, "fit", None, error)
 
@@ -161,7 +175,12 @@ class Session:
         sets from different models or layers are not comparable, so a mismatch raises a ``ValueError``
         naming both datasets, whatever ``errors`` says.
         """
-        views = self.plan.features(data, label, self.timings["extract"], names)
+        if label == "fit":  # a detector's own fit pass, where it has one
+            entries = {self.fit_entry.get(name, name): name for name in names}
+            views = self.plan.features(data, label, self.timings["extract"], list(entries))
+            views = {entries[entry]: view for entry, view in views.items()}
+        else:
+            views = self.plan.features(data, label, self.timings["extract"], names)
         for name, view in views.items():
             first, widths = self.first_widths.setdefault(name, (label, view.widths()))
             if first != label:

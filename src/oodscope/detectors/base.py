@@ -169,6 +169,14 @@ class Detector(LearnedState):
             layers = self.default_layers or (("penultimate",) if "features" in self.requires else ())
         return Needs(layers=layer_tuple(layers), head="head" in self.requires)
 
+    def fit_needs(self, layers: Any = None) -> Needs:
+        """What this detector reads from the fit data; by default what it reads to score (:meth:`needs`).
+
+        A method whose scoring pass depends on what it learned overrides this: e.g. input preprocessing along
+        the gradient of a distance to fitted class means learns those means from a plain pass first.
+        """
+        return self.needs(layers)
+
     # --- the public contract -------------------------------------------------------------------------------
 
     def fit(self, model_or_features: Any, fit_data: Any = None, **pass_options: Any) -> Detector:
@@ -208,15 +216,16 @@ class Detector(LearnedState):
                 "data the model was trained on (or held-out ID data)."
             )
         else:
-            self._fit_features(self._plan(bound).features(fit_data, "fit")[repr(self)])
+            self._fit_features(self._plan(bound, fit=True).features(fit_data, "fit")[repr(self)])
         self._bound = bound
         return self
 
-    def _plan(self, bound: Any) -> Any:
+    def _plan(self, bound: Any, fit: bool = False) -> Any:
         from ..plan import Plan
 
         plan = Plan(bound, strict=True)
-        plan.add(repr(self), self.needs(bound.feature_layers_id))
+        needs = self.fit_needs if fit else self.needs
+        plan.add(repr(self), needs(bound.feature_layers_id))
         return plan
 
     def score(
@@ -456,7 +465,8 @@ class Detector(LearnedState):
         fit_widths = getattr(self, "fit_widths_", None)
         if stage == "score" and fit_widths is not None:
             features.check_widths(fit_widths, f"the Features given to {name}.score()", "the fit Features")
-        needed = self.needs(layers=()).kind()  # () skips the layer logic of needs()
+        # () skips the layer logic of needs()
+        needed = (self.fit_needs if stage == "fit" else self.needs)(layers=()).kind()
         given = PassKind() if features.pass_kind is None else features.pass_kind
         if needed != given:
             raise ValueError(
