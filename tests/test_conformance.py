@@ -21,6 +21,10 @@ DETECTORS = all_detector_classes()
 #: is only slightly larger: AUROC 0.72, while ViM adds the energy of the logits); OpenMax fits a Weibull to
 #: the 20 largest distances of each class, not a tail of 80 samples per class.
 TOYS = {"Residual": {"off_class_noise": 0.3}, "OpenMax": {"n_per_class": 200}}
+#: hyperparameters for the toy problem, where a default is calibrated to a real network's scale: NAC's
+#: alpha=100 is the official value for a CIFAR ResNet's avgpool layer, whose o·g products are about 0.01;
+#: the toy's are about 3, so every neuron state saturates at 0 or 1
+PARAMS = {"NAC": {"alpha": 1.0, "saturation": 10.0}}
 
 
 @functools.cache
@@ -42,17 +46,20 @@ def test_discovery_finds_the_logit_detectors():
 
 @pytest.fixture(params=DETECTORS, ids=lambda cls: cls.__name__)
 def cls(request):
-    """The detector class, with defaults replaced by its Features-level settings (ODIN: eps=0)."""
+    """The detector class, with defaults replaced by its Features-level settings (ODIN: eps=0) and those of
+    ``PARAMS``."""
     klass = request.param
-    if not klass._features_only_params:
+    params = {**klass._features_only_params, **PARAMS.get(klass.__name__, {})}
+    if not params:
         return klass
-    return type(klass.__name__, (klass,), {"__init__": _init_with(klass), "__module__": klass.__module__})
+    init = _init_with(klass, params)
+    return type(klass.__name__, (klass,), {"__init__": init, "__module__": klass.__module__})
 
 
-def _init_with(klass):
+def _init_with(klass, params):
     signature = inspect.signature(klass.__init__)
     defaults = {name: p.default for name, p in signature.parameters.items() if name != "self"}
-    defaults.update(klass._features_only_params)
+    defaults.update(params)
     parameters = [signature.parameters["self"]] + [
         p.replace(default=defaults[name]) for name, p in signature.parameters.items() if name != "self"
     ]

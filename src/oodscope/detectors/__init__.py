@@ -22,6 +22,7 @@ from .lts import LTS, lts_factor, lts_score
 from .mahalanobis import Mahalanobis, class_statistics, mahalanobis_distances, whitening
 from .mls import MLS, mls_score
 from .msp import MSP, msp_score
+from .nac import NAC, kl_uniform_gradient, nac_coverage, nac_edges, nac_layer_score, nac_states
 from .nci import NCI, nci_score
 from .neco import NECO, neco_principal_dim, neco_score
 from .nnguide import NNGuide, nnguide_bank, nnguide_score
@@ -78,6 +79,12 @@ __all__ = [
     "ViM",
     "vim_principal_dim",
     "vim_score",
+    "NAC",
+    "kl_uniform_gradient",
+    "nac_coverage",
+    "nac_edges",
+    "nac_layer_score",
+    "nac_states",
     "NCI",
     "nci_score",
     "OptFS",
