@@ -5,6 +5,14 @@ line below; :func:`available` then lists it for the CLI, persistence and the tes
 """
 
 from ._registry import available, registry_name
+from .adascale import (
+    AdaSCALE,
+    adascale_direction,
+    adascale_percentiles,
+    adascale_ratio,
+    adascale_score,
+    adascale_shift,
+)
 from .base import REQUIREMENTS, Detector, NotFittedError, ScoreResult, clone
 from .cadref import CADRef, cadref_confidence, cadref_score
 from .caref import CARef, caref_score, class_aware_means
@@ -59,6 +67,12 @@ __all__ = [
     "odin_score",
     "IODIN",
     "iodin_direction",
+    "AdaSCALE",
+    "adascale_direction",
+    "adascale_percentiles",
+    "adascale_ratio",
+    "adascale_score",
+    "adascale_shift",
     "Gram",
     "gram_bounds",
     "gram_deviation",
