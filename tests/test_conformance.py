@@ -82,6 +82,9 @@ def assert_same_state(a: dict, b: dict) -> None:
         if isinstance(a[key], Detector):  # a fitted sub-detector: same type, params and state
             assert type(a[key]) is type(b[key]) and a[key].get_params() == b[key].get_params()
             assert_same_state(learned_state(a[key]), learned_state(b[key]))
+        elif isinstance(a[key], list) and any(isinstance(part, Detector) for part in a[key]):
+            assert len(a[key]) == len(b[key])  # fitted sub-detectors, one per layer
+            assert_same_state(dict(enumerate(a[key])), dict(enumerate(b[key])))
         else:
             np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
 

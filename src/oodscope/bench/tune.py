@@ -202,6 +202,11 @@ def tune(
     views = {
         "fit": session.features("fit", fit_data, session.live(learning=True)) if fit_data is not None else {}
     }
+    # a candidate whose scoring pass depends on what it learns (its fit_needs differ from its needs, e.g. a
+    # loss reading class means) is fitted before the scoring passes are run
+    fitted_first = {
+        name: session.fit(name, views["fit"][name]) for name in session.fit_entry if name in views["fit"]
+    }
     for key, data in {"id": id_val, **oods}.items():
         views[key] = session.features(key if key == "id" else f"ood:{key}", data, session.live())
 
@@ -218,7 +223,7 @@ def tune(
         for name in bar:
             index, params = int(name), candidates[int(name)]
             candidate = session.detectors[name]
-            row, scores, value = _run_candidate(session, name, candidate, views, oods, metric)
+            row, scores, value = _run_candidate(session, name, candidate, views, oods, metric, fitted_first)
             session.bind(name)  # so that the best one scores raw data with the model, if there is one
             del session.detectors[name]  # only the best fitted candidate is kept (below)
             if row["error"] is not None:
@@ -245,7 +250,13 @@ def tune(
 
 
 def _run_candidate(
-    session: Session, name: str, candidate: Detector, views: dict, oods: dict, metric: str
+    session: Session,
+    name: str,
+    candidate: Detector,
+    views: dict,
+    oods: dict,
+    metric: str,
+    fitted_first: dict[str, bool],
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], float | None]:
     """Fit and score one candidate on its views: ``(row, scores, value)``; the row holds the per-set
     metric (with several OOD sets), ``fit_s``, ``score_s`` and ``error``."""
@@ -257,8 +268,12 @@ def _run_candidate(
         error = session.last_error(name)
     else:
         start = time.perf_counter()
-        if not candidate._needs_fit() or session.fit(name, views["fit"][name]):
-            fit_s = time.perf_counter() - start
+        if name in fitted_first:
+            fitted = fitted_first[name]
+        else:
+            fitted = not candidate._needs_fit() or session.fit(name, views["fit"][name])
+        if fitted:
+            fit_s = session.timings["fit"].get(name, time.perf_counter() - start)
             start = time.perf_counter()
             scores = {key: session.score(name, key, views[key][name]) for key in ("id", *oods)}
             score_s = time.perf_counter() - start

@@ -28,6 +28,7 @@ from .klm import KLM, klm_score, klm_templates
 from .knn import DKNN, KNN, kth_neighbor_distance, l2_normalize
 from .lts import LTS, lts_factor, lts_score
 from .mahalanobis import Mahalanobis, class_statistics, mahalanobis_distances, whitening
+from .mdsens import MDSEns, mdsens_direction
 from .mls import MLS, mls_score
 from .msp import MSP, msp_score
 from .nac import NAC, kl_uniform_gradient, nac_coverage, nac_edges, nac_layer_score, nac_states
@@ -67,6 +68,8 @@ __all__ = [
     "odin_score",
     "IODIN",
     "iodin_direction",
+    "MDSEns",
+    "mdsens_direction",
     "AdaSCALE",
     "adascale_direction",
     "adascale_percentiles",
