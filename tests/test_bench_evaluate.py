@@ -28,6 +28,7 @@ from oodscope import (
     extract,
 )
 from oodscope.bench import DEFAULT_METRICS, Report, evaluate
+from oodscope.needs import Needs
 
 from conftest import all_detector_classes
 
@@ -242,24 +243,38 @@ def test_every_detector_scores_as_its_own_model_level_run():
     ood = rng.normal(0.0, 3.0, (20, 1, 8, 8)).astype(np.float32)
     classes = all_detector_classes()
     model = CountingModel()
+    params = {"RankFeat": {"layers": 0}}  # its default names ResNet blocks
+
+    def make(cls):
+        return cls(**params.get(cls.__name__, {}))
+
     report = evaluate(
-        model, fit, ind, {"wide": ood}, [cls() for cls in classes], batch_size=BATCH, progress=False
+        model, fit, ind, {"wide": ood}, [make(cls) for cls in classes], batch_size=BATCH, progress=False
     )
     assert not report.errors and len(report.id_scores) == len(classes)
     for cls in classes:
         alone = CountingModel()
-        detector = cls().fit(alone, fit, batch_size=BATCH, progress=False)
+        detector = make(cls).fit(alone, fit, batch_size=BATCH, progress=False)
         before = alone.calls
         np.testing.assert_array_equal(report.id_scores[repr(detector)], detector.score(ind).scores)
         np.testing.assert_array_equal(report.ood_scores[repr(detector)]["wide"], detector.score(ood).scores)
-        # a perturbed pass (ODIN) runs two forwards per batch, once per dataset for all such detectors
-        perturbed = detector.needs().perturbation is not None
-        assert alone.calls - before == (3 + 2) * (2 if perturbed else 1)
-    # one plain pass per dataset, and one perturbed pass per dataset for each distinct perturbation (ODIN's,
-    # IODIN's)
-    perturbations = {cls().needs().perturbation for cls in classes} - {None}
-    assert len(perturbations) == 2
-    assert model.calls == 8 + 3 + 2 + len(perturbations) * 2 * (3 + 2)
+        # a perturbed pass (ODIN) runs two forwards per batch; a detector reading other passes runs those too
+        needs = detector.needs()
+        forwards = sum(2 if need.perturbation is not None else 1 for need in (needs, *needs.also.values()))
+        assert alone.calls - before == (3 + 2) * forwards
+
+    # evaluate runs each kind of pass once per dataset: the fit data only for the kinds learning detectors
+    # read there, every other set for the kinds any detector scores with (and the plain pass, for accuracy)
+    def kinds(needs_list):
+        return {need.kind() for needs in needs_list for need in (needs, *needs.also.values())}
+
+    def forwards(kind_set):
+        return sum(2 if kind.perturbation is not None else 1 for kind in kind_set)
+
+    detectors = [make(cls) for cls in classes]
+    fit_kinds = kinds(d.fit_needs() for d in detectors if d._needs_fit())
+    score_kinds = kinds(d.needs() for d in detectors) | {Needs().kind()}
+    assert model.calls == 8 * forwards(fit_kinds) + (3 + 2) * forwards(score_kinds)
 
 
 class NeedsLabels(Detector):

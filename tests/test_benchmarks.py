@@ -95,3 +95,13 @@ def test_bench_covariance_prints_the_ratios():
         (row,) = [line for line in out.splitlines() if line.startswith(name + " ")]
         assert len(re.findall(r"\d+\.\d+", row)) == (4 if name == "ViM" else 3), row  # finite numbers only
     assert re.search(r"separately \d+\.\d+ s, inside sharing\(\) \d+\.\d+ s, ratio \d+\.\d+", out), out
+
+
+@pytest.mark.slow
+def test_bench_gradient_methods_prints_a_ratio_per_method():
+    pytest.importorskip("torch")
+    out = run("bench_gradient_methods.py", "--n", "256", "--repeats", "1")
+    methods = ["ODIN", "IODIN", "AdaSCALE-A", "AdaSCALE-L", "NAC", "RankFeat", "MDSEns"]
+    for method in methods:
+        (row,) = [line for line in out.splitlines() if line.startswith(method + " ")]
+        assert re.search(r"\d+\.\d+ \[\d", row), row

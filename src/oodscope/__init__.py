@@ -11,6 +11,7 @@ from .bench import Report, TuneResult, evaluate, tune
 from .binding import BoundModel, bind
 from .data import OODDataset
 from .detectors import (
+    BLOOD,
     DKNN,
     FDBD,
     GEN,
@@ -41,6 +42,7 @@ from .detectors import (
     NotFittedError,
     OpenMax,
     OptFS,
+    RankFeat,
     Relation,
     Residual,
     ScoreResult,
@@ -92,6 +94,8 @@ __all__ = [
     "Mahalanobis",
     "ViM",
     "AdaSCALE",
+    "RankFeat",
+    "BLOOD",
     "MDSEns",
     "NAC",
     "NCI",

@@ -14,6 +14,7 @@ from .adascale import (
     adascale_shift,
 )
 from .base import REQUIREMENTS, Detector, NotFittedError, ScoreResult, clone
+from .blood import BLOOD, blood_score, softmax_smoothness
 from .cadref import CADRef, cadref_confidence, cadref_score
 from .caref import CARef, caref_score, class_aware_means
 from .energy import Energy, energy_score
@@ -38,6 +39,7 @@ from .nnguide import NNGuide, nnguide_bank, nnguide_score
 from .odin import ODIN, odin_score
 from .openmax import OpenMax, fit_weibull_tail, openmax_score, weibull_tail_cdf
 from .optfs import OptFS, optfs_score, optfs_theta
+from .rankfeat import RankFeat, rankfeat_score, remove_rank_one
 from .relation import Relation, relation_score
 from .residual import Residual, residual_score
 from .rmds import RMDS
@@ -68,6 +70,12 @@ __all__ = [
     "odin_score",
     "IODIN",
     "iodin_direction",
+    "RankFeat",
+    "rankfeat_score",
+    "remove_rank_one",
+    "BLOOD",
+    "blood_score",
+    "softmax_smoothness",
     "MDSEns",
     "mdsens_direction",
     "AdaSCALE",
