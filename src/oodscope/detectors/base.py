@@ -249,21 +249,26 @@ class Detector(LearnedState):
             ``(scores, info)``: float64 scores of shape [N] and a dict with the logits (and labels, when
             present) that the scores were computed from.
         """
+        options = dict(batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress)
+        return self._score_features(self._scoring_features(data, "score", **options))
+
+    def _scoring_features(self, data: Any, caller: str, **options: Any) -> Features:
+        """``data`` as the Features this detector scores: given Features as they are, else the pass of the
+        model given to ``fit`` (``options`` replace its pass options); ``caller`` names the public method in
+        errors."""
         if self._needs_fit():
             self._check_is_fitted()
         self._validate_params()
         if isinstance(data, Features):
-            return self._score_features(data)
+            return data
         if self._bound is None:
             raise TypeError(
-                f"{type(self).__name__}.score() got {type(data).__name__}, not Features, and no model is "
+                f"{type(self).__name__}.{caller}() got {type(data).__name__}, not Features, and no model is "
                 "known: call fit(model, ...) first to score data through the model (for a saved detector, "
                 "load(path, model=model)), or pass oodscope.Features."
             )
-        bound = self._bound.replace(
-            batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress
-        )
-        return self._score_features(self._plan(bound).features(data, "score")[repr(self)])
+        bound = self._bound.replace(**options)
+        return self._plan(bound).features(data, "score")[repr(self)]
 
     def _fit_features(self, features: Features) -> Detector:
         self._validate_params()

@@ -339,19 +339,9 @@ class MDSEns(Detector):
         """The per-layer scores d_l(x̃_l) [N, L] (float64, higher = more OOD) of Features or of data run
         through the fitted model, as :meth:`score` reads them; ``score`` is their sum weighted by
         ``weights_``. The pass options replace those given to ``fit`` for this call."""
-        self._check_is_fitted()
-        self._validate_params()
-        if not isinstance(data, Features):
-            if self._bound is None:
-                raise TypeError(
-                    f"MDSEns.layer_scores() got {type(data).__name__}, not Features, and no model is known: "
-                    "call fit(model, ...) first to score data through the model, or pass oodscope.Features."
-                )
-            bound = self._bound.replace(
-                batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress
-            )
-            data = self._plan(bound).features(data, "score")[repr(self)]
-        return self._layer_scores(self._check_features(data, stage="score"))
+        options = dict(batch_size=batch_size, input_key=input_key, label_key=label_key, progress=progress)
+        features = self._scoring_features(data, "layer_scores", **options)
+        return self._layer_scores(self._check_features(features, stage="score"))
 
     def fit_weights(self, id_data: Any, ood_data: Any, *, cv: int = 5, **pass_options: Any) -> MDSEns:
         """Learn the layer weights α (``weights_``) as the paper does, by a logistic regression of OOD (1)
