@@ -516,6 +516,36 @@ def test_layer_gradients_equal_the_head_row_of_the_predicted_class():
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
+def test_layer_gradients_hold_across_batches_with_in_place_ops_and_frozen_weights():
+    # a layer gradient is taken on the layer's output itself until an in-place op changes one; then that batch
+    # and every later one go through an added zero tensor. Frozen weights (no autograd graph up to a layer)
+    # take that way from the start. Each case gives the same gradients as a fresh backend.
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    for inplace in (False, True):
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 3))
+        for frozen in (False, True):
+            for parameter in model.parameters():
+                parameter.requires_grad_(not frozen)
+            with TorchBackend(model, ["0", "1"]) as backend:
+                runs = [
+                    backend.gradients(x[rows], MaxLogit(), ("0", "1")) for rows in (slice(3), slice(3, 6))
+                ]
+            logits = np.concatenate([run[0] for run in runs])
+            layers = np.concatenate([run[1]["0"] for run in runs])
+            rows = model[2].weight.detach().numpy()[logits.argmax(1)]
+            np.testing.assert_allclose(np.concatenate([run[2]["1"] for run in runs]), rows, rtol=1e-6)
+            np.testing.assert_allclose(
+                np.concatenate([run[2]["0"] for run in runs]), rows * (layers > 0), rtol=1e-6
+            )
+            np.testing.assert_allclose(
+                layers,
+                x @ model[0].weight.detach().numpy().T + model[0].bias.detach().numpy(),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+
+
 def test_edits_change_the_rest_of_the_forward():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))

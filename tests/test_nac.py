@@ -11,7 +11,7 @@ from test_iodin import counting_model
 from test_odin import keras_twin, small_convnet
 
 from oodscope import GEN, Features, evaluate, extract, load
-from oodscope.detectors.nac import NAC, kl_uniform_gradient, nac_edges
+from oodscope.detectors.nac import NAC, _Bins, kl_uniform_gradient, nac_edges
 from oodscope.losses import KLToUniform
 from oodscope.needs import GradientOf, PassKind
 from oodscope.plan import Plan
@@ -108,6 +108,34 @@ def test_the_edges_are_the_official_ones(m):
     widths = np.diff(edges[:-2])
     assert widths.argmin() in (m // 2 - 2, m // 2 - 1) or m == 4, "finest around 0.5"
     assert widths[0] == widths.max() or m == 4, "coarsest next to 0 (and 1)"
+
+
+@pytest.mark.parametrize("kind", ["nac", "random", "uniform", "uneven"])
+@pytest.mark.parametrize("m", [2, 4, 50, 1000])
+def test_the_bin_lookup_counts_edges_exactly_as_a_binary_search(kind, m):
+    # the grid lookup behind fit and score gives searchsorted's count for every state: on, just below and
+    # just above each edge, outside the edges, at +-inf; NaN falls outside every bin
+    rng = np.random.default_rng(m)
+    edges = {
+        "nac": nac_edges(m) if m >= 4 else np.array([0.0, 1.0]),
+        "random": np.sort(rng.random(m)),
+        "uniform": np.linspace(0.0, 1.0, m),
+        "uneven": np.cumsum(rng.random(m) ** 4),  # bins so uneven that large m takes the binary search
+    }[kind]
+    edges = np.unique(edges)
+    span = edges[-1] - edges[0]
+    states = np.concatenate(
+        [
+            edges[0] - 0.2 * span + 1.4 * span * rng.random(5000),
+            edges,
+            np.nextafter(edges, -np.inf),
+            np.nextafter(edges, np.inf),
+            [-np.inf, np.inf],
+        ]
+    )[None, :]
+    lookup = _Bins(edges)
+    np.testing.assert_array_equal(lookup.count(states), np.searchsorted(edges, states, side="right"))
+    assert lookup.count(np.array([[np.nan]]))[0, 0] in (0, len(edges))
 
 
 def test_the_closed_form_gradient_is_the_loop_one_and_torch_autograd():

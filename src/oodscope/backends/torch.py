@@ -240,7 +240,11 @@ class TorchBackend(Backend):
         self._handles: list[Any] = []
         self._modes: list[tuple[nn.Module, bool]] = []
         self._captured: dict[int, list[Any]] = {}
-        self._deltas: dict[int, torch.Tensor | None] = {}  # slot -> zero tensor added for a layer gradient
+        # slot -> what a layer gradient is taken with respect to: the layer's output itself (its version at
+        # capture in _versions), or a zero tensor added to it
+        self._deltas: dict[int, torch.Tensor | None] = {}
+        self._versions: dict[int, int] = {}
+        self._direct_sources = True  # False once an in-place op changed a captured output in this model
         self._device = torch.device("cpu")
         self._dtype = torch.float32
 
@@ -344,6 +348,7 @@ class TorchBackend(Backend):
             self._modes = []
             self._captured = {}
             self._deltas = {}
+            self._versions = {}
             self._active = False
 
     def _output_hook(self, slot: int) -> Callable[..., Any]:
@@ -375,8 +380,9 @@ class TorchBackend(Backend):
         replaced = None
         if slot in self._edits or slot in self._deltas:
             value = replaced = self._edited(slot, value)
-        if isinstance(value, torch.Tensor):
-            # copy now: an in-place op later in forward (ReLU(inplace=True)) would otherwise change it
+        if isinstance(value, torch.Tensor) and slot not in self._versions:
+            # copy now: an in-place op later in forward (ReLU(inplace=True)) would otherwise change it (a
+            # gradient source is not copied: its version counter tells whether it changed)
             value = value.clone()
         values.append(value)
         return replaced
@@ -397,8 +403,11 @@ class TorchBackend(Backend):
                     f"{self._taps[slot].describe(capital=True)} ran more than once in one forward pass, so "
                     "the gradient with respect to its output is ambiguous."
                 )
-            delta = self._deltas[slot] = torch.zeros_like(tensor, requires_grad=True)
-            tensor = tensor + delta
+            if self._direct_sources and tensor.requires_grad:
+                self._deltas[slot], self._versions[slot] = tensor, tensor._version
+            else:
+                delta = self._deltas[slot] = torch.zeros_like(tensor, requires_grad=True)
+                tensor = tensor + delta
         return tensor
 
     def _forward(self, inputs: torch.Tensor, slots: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -553,8 +562,11 @@ class TorchBackend(Backend):
         """Forward one batch and differentiate ``loss(logits, ops)`` with ``torch.autograd.grad``.
 
         See :meth:`oodscope.backends.Backend.gradients`. The input gradient is taken on a copy of the input
-        (``requires_grad`` on the copy only), a layer gradient through a zero tensor added to the layer's
-        output; float16 and bfloat16 logits are cast to float32 before the loss.
+        (``requires_grad`` on the copy only). A layer gradient is taken with respect to the layer's output
+        itself, without a copy; should an in-place op later in the forward change that output (its version
+        counter moves), the batch runs again, and every later one, with a zero tensor added to the output
+        as the gradient's source. An output outside autograd's graph (frozen weights) also gets the zero
+        tensor. Float16 and bfloat16 logits are cast to float32 before the loss.
         """
         if not self._active:
             with self:
@@ -607,10 +619,22 @@ class TorchBackend(Backend):
                     raise ValueError(
                         f"The loss must return a scalar tensor; got {getattr(value, 'shape', type(value))}."
                     )
-                sources = [inputs if _is_input(t) else self._deltas[slots[t]] for t in targets]
-                grads = torch.autograd.grad(value, sources, allow_unused=True)
+                changed = [
+                    slot for slot, version in self._versions.items() if self._deltas[slot]._version != version
+                ]
+                if not changed:
+                    sources = [inputs if _is_input(t) else self._deltas[slots[t]] for t in targets]
+                    grads = torch.autograd.grad(value, sources, allow_unused=True)
         finally:
-            self._deltas = {}
+            self._deltas, self._versions = {}, {}
+        if changed:
+            log.debug(
+                "%s changed in place later in the forward pass; layer gradients go through an added zero "
+                "tensor from now on.",
+                self._taps[changed[0]].describe(capital=True),
+            )
+            self._direct_sources = False
+            return self.gradients(x, loss, wrt)
         gradients = {
             target: _to_numpy(torch.zeros_like(source) if grad is None else grad)
             for target, source, grad in zip(targets, sources, grads, strict=True)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._params import Constraint, Interval
+from ..extract import spatial_sum
 from ..features import Features
 from ..losses import KLToUniform
 from ..needs import Gradient, GradientOf, Needs, layer_tuple
-from ._layerwise import iter_row_blocks, map_row_blocks
+from ._layerwise import map_row_blocks
 from ._logits import as_logits, log_softmax
 from .base import Detector
 
@@ -71,29 +72,92 @@ def nac_states(activations: Any, gradients: Any, alpha: float = 100.0) -> np.nda
     >>> nac_states([[1.0, 2.0]], [[0.0, -0.01]], alpha=100.0).round(4)
     array([[0.5   , 0.1192]])
     """
-    o = np.asarray(activations, dtype=np.float64)
-    g = np.asarray(gradients, dtype=np.float64)
+    o, g = np.asarray(activations), np.asarray(gradients)
     if o.ndim != 2 or o.shape != g.shape:
         raise ValueError(
             f"nac_states expects activations and gradients of one shape [N, D]; got {o.shape} and {g.shape}."
         )
+    states = np.multiply(o, g, dtype=np.float64)  # cast element by element: no float64 copies of o and g
+    states *= -alpha
     with np.errstate(over="ignore"):  # exp overflows to inf for very negative products: the state is 0
-        return 1.0 / (1.0 + np.exp(-alpha * (o * g)))
+        np.exp(states, out=states)
+    states += 1.0
+    return np.reciprocal(states, out=states)
 
 
-def _bins_of(states: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The bin m with e_m <= s < e_{m+1} of each state, and whether it falls in any bin at all."""
-    index = np.searchsorted(edges, states, side="right") - 1
-    inside = (index >= 0) & (index < len(edges) - 1)
-    return np.where(inside, index, 0), inside
+#: rows per block in NAC's elementwise work: about 32 768 states, so that its float64 temporaries stay in
+#: the CPU cache (twice as fast as 8 MB blocks)
+CACHE_STATES = 1 << 15
 
 
-def _bin_counts(states: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def _cache_blocks(n: int, width: int) -> Iterator[slice]:
+    rows = max(1, CACHE_STATES // max(width, 1))
+    for start in range(0, n, rows):
+        yield slice(start, min(start + rows, n))
+
+
+class _Bins:
+    """Counts, for each state, the edges at or below it: ``searchsorted(edges, s, side="right")``, in O(1).
+
+    With count k, a state lies in bin k − 1 ([e_{k−1}, e_k)); k = 0 (below e_0, or NaN) and k = M (at or
+    above the last edge) are outside every bin. A uniform grid over [e_0, e_last] whose cells are at most half
+    the narrowest bin wide holds at most one edge per cell; the cell map c(s) (clipped to the grid) is
+    monotone in s, so every edge in an earlier cell is below s and every edge in a later one above it, and
+    ``count = before[c(s)] + (s >= edge_in[c(s)])`` is exact. Two to three times faster than the binary
+    search on NAC's tables. Edges too uneven for a table of at most ``2**20`` cells take the binary search.
+    """
+
+    MAX_CELLS = 1 << 20
+
+    def __init__(self, edges: np.ndarray) -> None:
+        self.edges = edges
+        self.lo, span = edges[0], edges[-1] - edges[0]
+        self.cells = 2 * np.ceil(span / np.diff(edges).min()) if np.isfinite(span) else np.inf
+        if self.cells <= self.MAX_CELLS:
+            self.scale = self.cells / span
+            own = self._cells(edges)
+            if np.all(np.diff(own) > 0):  # one edge per cell (always, but checked rather than assumed)
+                self.before = np.searchsorted(own, np.arange(int(self.cells)))
+                self.edge_in = np.full(int(self.cells), np.inf)
+                self.edge_in[own] = edges
+                return
+        self.cells = np.inf
+
+    def _cells(self, states: np.ndarray) -> np.ndarray:
+        cell = states - self.lo
+        cell *= self.scale
+        np.fmax(cell, 0, out=cell)  # fmax first: NaN becomes cell 0, where it counts 0 (outside every bin)
+        np.fmin(cell, self.cells - 1, out=cell)
+        return cell.astype(np.intp)
+
+    def count(self, states: np.ndarray) -> np.ndarray:
+        """The number of edges at or below each state, int [N, D] in [0, M]."""
+        if not self.cells <= self.MAX_CELLS:
+            return np.searchsorted(self.edges, states, side="right")
+        cell = self._cells(states)
+        count = self.before[cell]
+        count += states >= self.edge_in[cell]
+        return count
+
+
+def _bin_counts(states: np.ndarray, bins: _Bins) -> np.ndarray:
     """How many states of each neuron (column) fall in each bin: int64 [M − 1, D]."""
-    width = states.shape[1]
-    index, inside = _bins_of(states, edges)
-    flat = (index * width + np.arange(width))[inside]
-    return np.bincount(flat, minlength=(len(edges) - 1) * width).reshape(len(edges) - 1, width)
+    edges, width = len(bins.edges), states.shape[1]
+    flat = bins.count(states) * width + np.arange(width)
+    return np.bincount(flat.ravel(), minlength=(edges + 1) * width).reshape(edges + 1, width)[1:-1]
+
+
+def _covered(states: np.ndarray, bins: _Bins, padded: np.ndarray) -> np.ndarray:
+    """The coverage of the bin each state falls in, [N, D]: ``padded`` is the coverage table [M − 1, D] with
+    a row of zeros before and after it (the counts 0 and M, outside every bin)."""
+    flat = bins.count(states) * states.shape[1]
+    flat += np.arange(states.shape[1])
+    return padded.ravel().take(flat)
+
+
+def _padded(coverage: np.ndarray) -> np.ndarray:
+    zeros = np.zeros((1, coverage.shape[1]))
+    return np.concatenate([zeros, np.asarray(coverage, dtype=np.float64), zeros])
 
 
 def _checked_edges(edges: Any) -> np.ndarray:
@@ -118,7 +182,7 @@ def nac_coverage(states: Any, edges: Any, saturation: float = 50.0) -> np.ndarra
     s = np.asarray(states, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"nac_coverage expects states [N, D]; got shape {s.shape}.")
-    return np.minimum(_bin_counts(s, _checked_edges(edges)) / saturation, 1.0)
+    return np.minimum(_bin_counts(s, _Bins(_checked_edges(edges))) / saturation, 1.0)
 
 
 def nac_layer_score(states: Any, edges: Any, coverage: Any) -> np.ndarray:
@@ -136,17 +200,7 @@ def nac_layer_score(states: Any, edges: Any, coverage: Any) -> np.ndarray:
             f"nac_layer_score expects states [N, D] and a coverage table [M − 1, D] for M edges; got "
             f"{s.shape}, {table.shape} and {len(e)} edges."
         )
-    index, inside = _bins_of(s, e)
-    return np.where(inside, table[index, np.arange(s.shape[1])], 0.0).mean(axis=1)
-
-
-def _spatial_sum(values: np.ndarray, channels_last: bool = False) -> np.ndarray:
-    """A feature map summed over its spatial axes to [B, C] (the official pooling); 2-D passes through."""
-    values = np.asarray(values)
-    if values.ndim <= 2:
-        return values.reshape(len(values), -1)
-    axes = tuple(range(1, values.ndim - 1)) if channels_last else tuple(range(2, values.ndim))
-    return values.sum(axis=axes)
+    return _covered(s, _Bins(e), _padded(table)).mean(axis=1)
 
 
 class _LayerIds(Constraint):
@@ -321,7 +375,7 @@ class NAC(Detector):
         if self._closed_form():
             return Needs(layers=own, head=True)
         sums = {
-            key: _spatial_sum for layer in own if layer != PENULTIMATE for key in (layer, GradientOf(layer))
+            key: spatial_sum for layer in own if layer != PENULTIMATE for key in (layer, GradientOf(layer))
         }
         return Needs(layers=own, head=True, gradient=Gradient(loss=KLToUniform(), wrt=own), reductions=sums)
 
@@ -360,9 +414,10 @@ class NAC(Detector):
         self.edges_, self.coverage_ = [], []
         for layer, alpha, bins, saturation in self._per_layer():
             edges = nac_edges(bins)
+            lookup = _Bins(edges)
             counts = np.zeros((bins - 1, features.layer(layer).shape[1]), dtype=np.int64)
-            for rows in iter_row_blocks(n, counts.shape[1]):
-                counts += _bin_counts(self._states(features, layer, alpha, rows), edges)
+            for rows in _cache_blocks(n, counts.shape[1]):
+                counts += _bin_counts(self._states(features, layer, alpha, rows), lookup)
             self.edges_.append(edges)
             self.coverage_.append(np.minimum(counts / saturation, 1.0))
 
@@ -376,8 +431,10 @@ class NAC(Detector):
                 f"names {len(settings)}: fit it again."
             )
         for (layer, alpha, _, _), edges, coverage in zip(settings, self.edges_, self.coverage_, strict=True):
-            for rows in iter_row_blocks(n, coverage.shape[1]):
-                total[rows] += nac_layer_score(self._states(features, layer, alpha, rows), edges, coverage)
+            lookup, padded = _Bins(np.asarray(edges, dtype=np.float64)), _padded(coverage)
+            for rows in _cache_blocks(n, coverage.shape[1]):
+                states = self._states(features, layer, alpha, rows)
+                total[rows] += _covered(states, lookup, padded).mean(axis=1)
         return -total / len(settings)
 
     def _check_state(self) -> None:
