@@ -243,7 +243,11 @@ def test_every_detector_scores_as_its_own_model_level_run():
     ood = rng.normal(0.0, 3.0, (20, 1, 8, 8)).astype(np.float32)
     classes = all_detector_classes()
     model = CountingModel()
-    params = {"RankFeat": {"layers": 0}}  # its default names ResNet blocks
+    # RankFeat's default names ResNet blocks; BLOOD has no default
+    params = {
+        "RankFeat": {"layers": 0},
+        "BLOOD": {"layers": ["body.1", "body.3"], "token": None, "n_projections": 2},
+    }
 
     def make(cls):
         return cls(**params.get(cls.__name__, {}))

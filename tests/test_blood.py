@@ -183,12 +183,23 @@ def test_torch_and_keras_twins_agree():
     for detector in (
         BLOOD(layers=BLOCKS, n_projections=1, random_state=5),  # one pass per pair
         BLOOD(layers=BLOCKS, variant="last", n_projections=1, random_state=6, token=None),
-        BLOOD(),
+        BLOOD(layers=()),  # the softmax form, on the plain pass
     ):
         from_torch = detector.fit(net).score(x, batch_size=4).scores
         from_keras = detector.fit(model).score(x, batch_size=4).scores
         np.testing.assert_allclose(from_keras, from_torch, rtol=1e-4)
         assert from_torch.std() > 1e-3 * from_torch.mean()
+
+
+def test_blood_without_layers_says_which_to_give():
+    # no choice of blocks fits every model: BLOOD() refuses, with a model as with Features, and names both
+    # ways out
+    torch = pytest.importorskip("torch")
+    expected = r"BLOOD\(layers=\[\.\.\.\]\).*layers=\(\) for the softmax"
+    with pytest.raises(ValueError, match=expected):
+        BLOOD().fit(tiny_transformer(torch))
+    with pytest.raises(ValueError, match=expected):
+        BLOOD().score(Features(logits=np.zeros((2, 3))))
 
 
 def test_evaluate_shares_each_projection_and_scores_as_each_detector_alone():
@@ -273,7 +284,7 @@ def test_the_features_level_score_is_the_jacobian_of_the_softmax():
     ]
     np.testing.assert_allclose(softmax_smoothness(logits), expected, rtol=1e-12)
     assert softmax_smoothness(logits)[1] == pytest.approx(3 / 16)
-    np.testing.assert_allclose(BLOOD().score(Features(logits=logits)).scores, expected, rtol=1e-12)
+    np.testing.assert_allclose(BLOOD(layers=()).score(Features(logits=logits)).scores, expected, rtol=1e-12)
     np.testing.assert_array_equal(softmax_smoothness(np.zeros((2, 1))), [0.0, 0.0])  # one class: p = 1
 
     # a confident row keeps its relative precision: in 50 digits, ‖diag(p) − p pᵀ‖_F² is about 2 e⁻⁶⁰

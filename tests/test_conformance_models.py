@@ -20,7 +20,8 @@ N_CLASSES = 4
 
 
 #: settings for detectors whose defaults name layers the toy models lack (RankFeat: ResNet blocks)
-MODEL_PARAMS = {"RankFeat": {"layers": 0}}
+# RankFeat's default names ResNet blocks; BLOOD has no default (here: the first layer and the head's input)
+MODEL_PARAMS = {"RankFeat": {"layers": 0}, "BLOOD": {"layers": [0, -2], "token": None, "n_projections": 2}}
 
 
 def torch_model():

@@ -165,7 +165,7 @@ class PassKind:
         if self.perturbation is not None:
             parts.append(f"inputs moved by {self.perturbation}")
         if self.edits:
-            parts.append(f"edits of {sorted(repr(layer) for layer, _ in self.edits)}")
+            parts.append(f"edits of {', '.join(sorted(repr(layer) for layer, _ in self.edits))}")
         if self.loss is not None:
             parts.append(f"gradients of {self.loss!r}")
         return "a forward pass with " + ", ".join(parts) if parts else "a plain forward pass"

@@ -205,6 +205,10 @@ class Plan:
         """The number of passes per dataset (one per kind of pass)."""
         return len(self._groups)
 
+    def kinds(self) -> list[PassKind]:
+        """The kinds of pass run over each dataset, one pass each, in the order they were first needed."""
+        return list(self._groups)
+
     def features(
         self, data: Any, label: str = "data", timings: dict[str, float] | None = None, names: Any = None
     ) -> dict[str, Features]:

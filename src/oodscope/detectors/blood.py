@@ -200,11 +200,13 @@ class BLOOD(Detector):
     (``batch_first=True``), or the last ``LayerNormalization`` of each Keras block. ``token=None`` takes the
     whole output, as the official code does for ResNet blocks.
 
-    **Features level.** With ``layers=()`` (the default) there is no model layer to differentiate, and BLOOD
-    scores the one transformation that every classifier's :class:`~oodscope.Features` describe, from the
-    logits z to the class probabilities p, exactly (no projection, see :func:`softmax_smoothness`):
+    ``layers`` has no default: ``BLOOD()`` refuses to fit or score until it is given.
+
+    **Features level.** With ``layers=()`` there is no model layer to differentiate, and BLOOD scores the
+    one transformation that every classifier's :class:`~oodscope.Features` describe, from the logits z to
+    the class probabilities p, exactly (no projection, see :func:`softmax_smoothness`):
     ``S(x) = ‖∂ softmax(z) / ∂z‖_F² = ‖diag(p) − p pᵀ‖_F²``. This is oodscope's, not the paper's (whose
-    pairs stop at the last block): a confidence score that lets BLOOD run on any Features and any model.
+    pairs stop at the last block): a confidence score on any Features, asked for by name.
 
     **Passes.** Each (pair, projection) is a distinct loss (:class:`ProjectedRepresentation`), so one
     gradient pass per dataset (a forward and a backward): a gradient with respect to l_{p−1} of a loss on
@@ -227,9 +229,10 @@ class BLOOD(Detector):
 
     Parameters
     ----------
-    layers : sequence of layer ids, default=()
+    layers : sequence of layer ids, or None, default=None
         At least two layers, consecutive blocks in forward order (pairs (l_0, l_1), (l_1, l_2), …); ``()``:
-        the softmax's Jacobian at the Features level.
+        the softmax's Jacobian at the Features level. None (the default) is refused with a message saying
+        which to give: no choice of blocks fits every model.
     variant : {"mean", "last"}, default="mean"
         BLOOD_M (the mean over pairs) or BLOOD_L (the last pair only: K passes instead of P · K).
     n_projections : int, default=10
@@ -247,24 +250,25 @@ class BLOOD(Detector):
     >>> import numpy as np
     >>> from oodscope import Features
     >>> feats = Features(logits=np.array([[4.0, 0.0], [0.0, 0.0]]))
-    >>> BLOOD().score(feats).scores.round(4)  # layers=(): the softmax's Jacobian, flatter = higher
+    >>> BLOOD(layers=()).score(feats).scores.round(4)  # the softmax's Jacobian, flatter = higher
     array([0.0012, 0.25  ])
     """
 
     requires = frozenset({"logits"})
     needs_fit = False
     _parameter_constraints = {
-        "layers": _Layers(),
+        "layers": AnyOf(_Layers(), Options([None])),
         "variant": _VARIANT,
         "n_projections": Interval(int, 1, None),
         "random_state": Interval(int, 0, None),
         "token": AnyOf(Interval(int, None, None), Options([None])),
     }
     # search_space: the base's {} (the paper reports BLOOD_M and BLOOD_L side by side and tunes nothing)
+    _features_only_params = {"layers": ()}
 
     def __init__(
         self,
-        layers: Sequence[Hashable] = (),
+        layers: Sequence[Hashable] | None = None,
         variant: str = "mean",
         n_projections: int = 10,
         random_state: int = 0,
@@ -275,6 +279,16 @@ class BLOOD(Detector):
         self.n_projections = n_projections
         self.random_state = random_state
         self.token = token
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if self.layers is None:
+            raise ValueError(
+                "BLOOD needs the layers whose transformations it measures, and no choice fits every model: "
+                "give BLOOD(layers=[...]) at least two consecutive blocks in forward order, e.g. "
+                "[f'roberta.encoder.layer.{i}.output' for i in range(12)] for a Hugging Face RoBERTa, or "
+                "layers=() for the softmax's Jacobian at the Features level (not the paper's method)."
+            )
 
     def _projections(self) -> list[tuple[Hashable, ProjectedRepresentation]]:
         """``(layer differentiated, loss)`` of every (pair, projection), pairs first, in the score's order."""
