@@ -10,7 +10,9 @@ do without, written by hand:
 - a gradient pass with respect to layers (NAC): a forward whose hooks keep the layers' outputs, and their
   gradients of a scalar of the logits;
 - edited forwards (RankFeat): one forward per block whose hook replaces the block's output by the output
-  with its rank-1 part removed (``torch.linalg.svd``), the method's own unavoidable work.
+  with its rank-1 part removed (``torch.linalg.svd``), the method's own unavoidable work;
+- projected vector-Jacobian products (BLOOD): per projection, a forward keeping both layers' outputs and
+  the gradient of ``Σ vᵀ h_after`` with respect to ``h_before``.
 
 Everything else (the direction of the step, reductions, the score itself, copying to numpy) is the method's
 overhead. Rounds are interleaved; each ratio is the median over rounds of the ratio within a round, with the
@@ -106,6 +108,32 @@ def edited_passes(torch, model, x, blocks: list[str]) -> Callable[[], None]:
     return run
 
 
+def projected_passes(torch, model, x, before: str, after: str, k: int) -> Callable[[], None]:
+    """One forward and backward per projection: the gradient of a random projection of ``after``'s output
+    with respect to ``before``'s."""
+    modules = dict(model.named_modules())
+
+    def run() -> None:
+        kept: dict = {}
+        hooks = [
+            modules[name].register_forward_hook(lambda m, i, o, name=name: kept.__setitem__(name, o))
+            for name in (before, after)
+        ]
+        try:
+            for index in range(k):
+                v = None
+                for batch in batches(torch, x):
+                    model(batch)
+                    if v is None:
+                        v = torch.randn(kept[after].shape[1:], generator=torch.Generator().manual_seed(index))
+                    torch.autograd.grad((kept[after] * v).sum(), kept[before])
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    return run
+
+
 def methods(torch, model, x) -> dict[str, tuple[Callable[[], None], Callable[[], None], str]]:
     """``{name: (detector.score, bare loop of its unavoidable passes, what the passes are)}``."""
     fit = (x[:1024], np.arange(len(x[:1024])) % 10)  # labels for the methods that read them (MDSEns)
@@ -140,6 +168,13 @@ def methods(torch, model, x) -> dict[str, tuple[Callable[[], None], Callable[[],
             oodscope.RankFeat(layers=blocks),
             edited_passes(torch, model, x, blocks),
             "2 edited forwards",
+        )
+    if hasattr(oodscope, "BLOOD"):
+        add(
+            "BLOOD (K=2)",
+            oodscope.BLOOD(layers=["pool1", "pool2"], token=None, n_projections=2),
+            projected_passes(torch, model, x, "pool1", "pool2", 2),
+            "2 x (forward + backward)",
         )
     return found
 

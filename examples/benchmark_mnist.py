@@ -1,4 +1,4 @@
-"""Every detector (42 classes, 47 settings) on MNIST[0-4] (ID) against MNIST[5-9], Fashion-MNIST and
+"""Every detector (39 classes, 44 settings) on MNIST[0-4] (ID) against MNIST[5-9], Fashion-MNIST and
 Animal-MNIST.
 
 A toy convnet is trained on the train digits 0-4 (TensorFlow or torch); ``oodscope.evaluate`` then runs the

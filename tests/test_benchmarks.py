@@ -101,7 +101,7 @@ def test_bench_covariance_prints_the_ratios():
 def test_bench_gradient_methods_prints_a_ratio_per_method():
     pytest.importorskip("torch")
     out = run("bench_gradient_methods.py", "--n", "256", "--repeats", "1")
-    methods = ["ODIN", "IODIN", "AdaSCALE-A", "AdaSCALE-L", "NAC", "RankFeat", "MDSEns"]
+    methods = ["ODIN", "IODIN", "AdaSCALE-A", "AdaSCALE-L", "NAC", "RankFeat", "MDSEns", "BLOOD"]
     for method in methods:
         (row,) = [line for line in out.splitlines() if line.startswith(method + " ")]
         assert re.search(r"\d+\.\d+ \[\d", row), row
